@@ -1,0 +1,245 @@
+"""The only module that touches non-public SQLAlchemy names.
+
+SQLAlchemy offers no public API for third-party loader strategies, so
+nplus1loader leans on a handful of ORM internals.  Every one of them is
+imported or called here, behind a small function with a signature we own,
+so that a new SQLAlchemy release is one file to fix.  Names are resolved by
+feature, not by version: SQLAlchemy 2.1 renamed most ORM internals with a
+leading underscore (sqlalchemy#10497), so each lookup tries the 2.1 name
+first and falls back to the 2.0 one.
+
+Checked against SQLAlchemy 2.0.58 and 2.1.9.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from sqlalchemy.orm import base as _orm_base
+from sqlalchemy.orm import context as _orm_context
+from sqlalchemy.orm import loading as _orm_loading
+from sqlalchemy.orm import strategies as _orm_strategies
+from sqlalchemy.orm import strategy_options as _orm_strategy_options
+from sqlalchemy.orm.state import InstanceState
+from sqlalchemy.orm.util import LoaderCriteriaOption
+
+
+def _first(module: Any, *names: str) -> Any:
+    for name in names:
+        found = getattr(module, name, None)
+        if found is not None:
+            return found
+    raise ImportError(f"none of {names} found in {module.__name__}: unsupported SQLAlchemy")
+
+
+#: Base classes for our strategies (orm/strategies.py, renamed in 2.1).
+LazyLoader: type = _first(_orm_strategies, "_LazyLoader", "LazyLoader")
+DeferredColumnLoader: type = _first(
+    _orm_strategies, "_DeferredColumnLoader", "DeferredColumnLoader"
+)
+
+#: The markers a column strategy leaves in ``memoized_populators`` when it
+#: does not load the column (orm/base.py).
+DEFERRED_MARKERS = (
+    _orm_base._DEFER_FOR_STATE,
+    _orm_base._RAISE_FOR_STATE,
+    _orm_base._SET_DEFERRED_EXPIRED,
+)
+
+#: The loader-option base class that chained methods are attached to.
+AbstractLoad: type = _orm_strategy_options._AbstractLoad
+
+_MapperEntity: type = _first(_orm_context, "_MapperEntity")
+
+_load_scalar_attributes: Callable[..., Any] = _first(
+    _orm_loading, "_load_scalar_attributes", "load_scalar_attributes"
+)
+
+
+def attach_loader_method(name: str, method: Callable[..., Any]) -> None:
+    """Make ``joinedload(X.y).<name>(...)`` chainable, as SQLAlchemy's own
+    options are: every option object derives from ``_AbstractLoad``."""
+    setattr(AbstractLoad, name, method)
+
+
+def register_option_label(strategy_key: tuple[Any, ...], label: str) -> None:
+    """SQLAlchemy 2.1 asserts that every strategy has a label for its error
+    messages (``_STRATEGY_FN_LABELS``); register ours so a conflict between
+    options raises a readable ``InvalidRequestError`` instead."""
+    labels = getattr(_orm_strategy_options, "_STRATEGY_FN_LABELS", None)
+    if labels is not None:
+        labels.setdefault((strategy_key, None), label)
+
+
+def instance_callable_installer(
+    class_manager: Any, loader: Callable[..., Any], key: str
+) -> Callable[[InstanceState[Any], dict[str, Any], Any], None]:
+    """A row populator that puts ``loader`` into ``state.callables[key]``:
+    the per-instance hook SQLAlchemy calls when the attribute is touched."""
+    return InstanceState._instance_level_callable_processor(class_manager, loader, key)
+
+
+def mapper_entities(compile_state: Any) -> list[Any]:
+    """The ORM entities a statement selects (``select(User, Address)``)."""
+    return [e for e in getattr(compile_state, "_entities", ()) if isinstance(e, _MapperEntity)]
+
+
+def entity_path(query_entity: Any) -> Any:
+    """The PathRegistry of a lead entity of the query."""
+    return query_entity.path
+
+
+def current_path(compile_state: Any) -> Any:
+    """The path a lazy load or refresh was started from (empty otherwise)."""
+    return compile_state.compile_options._current_path
+
+
+def is_refresh(compile_state: Any) -> bool:
+    return bool(compile_state.compile_options._for_refresh_state)
+
+
+def loader_keys(prop_path: Any) -> tuple[Any, Any, Any]:
+    """The three keys SQLAlchemy looks up, in order, to pick the strategy of
+    one attribute at one path: exact, entity wildcard, global default
+    (``StrategizedProperty._get_context_loader``)."""
+    return (
+        prop_path._loader_key,
+        prop_path._wildcard_path_loader_key,
+        prop_path._default_path_loader_key,
+    )
+
+
+def natural_path(path: Any) -> tuple[Any, ...]:
+    return tuple(path.natural_path)
+
+
+def get_strategy(prop: Any, key: tuple[Any, ...]) -> Any:
+    """The (cached) strategy instance of ``prop`` for a strategy key."""
+    return prop._get_strategy(key)
+
+
+def should_undefer_in_wildcard(mapper: Any) -> Any:
+    """Columns SQLAlchemy always loads, even under ``defer('*')``: the
+    primary key and the polymorphic discriminator."""
+    return mapper._should_undefer_in_wildcard
+
+
+def only_load_props(context: Any) -> Any:
+    """In a refresh (``session.refresh(obj, ['a'])``), the attributes asked for."""
+    return context.query._compile_options._only_load_props
+
+
+def load_scalar_attributes(mapper: Any, state: InstanceState[Any], keys: Iterable[str]) -> None:
+    """Stock one-row refresh of column attributes; raises
+    ``ObjectDeletedError`` when the row is gone."""
+    from sqlalchemy.orm.base import PassiveFlag
+
+    _load_scalar_attributes(mapper, state, set(keys), PassiveFlag.PASSIVE_OFF)
+
+
+def use_get_identity(strategy: Any, session: Any, state: InstanceState[Any], passive: Any) -> Any:
+    """For a many-to-one that targets a primary key, the target identity
+    read from the parent's foreign key (``_LazyLoader._get_ident_for_use_get``)."""
+    return strategy._get_ident_for_use_get(session, state, passive)
+
+
+def load_for_state(strategy: Any, state: InstanceState[Any], passive: Any) -> Any:
+    """A strategy's own one-instance load (``LoaderStrategy._load_for_state``)."""
+    return strategy._load_for_state(state, passive)
+
+
+def equated_columns(strategy: Any) -> dict[Any, Any]:
+    return strategy._equated_columns
+
+
+def state_attr_by_column(mapper: Any, state: InstanceState[Any], column: Any, passive: Any) -> Any:
+    return mapper._get_state_attr_by_column(state, state.dict, column, passive=passive)
+
+
+def all_states(session: Any) -> list[InstanceState[Any]]:
+    """Every state in the session's identity map (a list: safe to iterate
+    while the map changes)."""
+    return list(session.identity_map.all_states())
+
+
+def state_callables(state: InstanceState[Any]) -> dict[str, Any]:
+    return state.callables
+
+
+def commit_keys(state: InstanceState[Any], keys: Iterable[str]) -> None:
+    state._commit(state.dict, list(keys))
+
+
+def class_manager_expired_loader(manager: Any) -> Any:
+    return manager.expired_attribute_loader
+
+
+def set_class_manager_expired_loader(manager: Any, loader: Any) -> None:
+    manager.expired_attribute_loader = loader
+
+
+_PROFILE_KEY = "_nplus1loader_profile"
+
+
+def get_profile(state: InstanceState[Any]) -> Any:
+    """The arming profile an nplus1 query left on this instance, if any.
+
+    Kept in the state's own ``__dict__`` (InstanceState has one, SQLAlchemy
+    memoizes there too): it lives and dies with the instance, survives
+    ``expire()``, and is never pickled (``__getstate__`` picks its keys).
+    """
+    return state.__dict__.get(_PROFILE_KEY)
+
+
+def set_profile(state: InstanceState[Any], profile: Any) -> None:
+    state.__dict__[_PROFILE_KEY] = profile
+
+
+def install_callable(state: InstanceState[Any], key: str, loader: Any) -> None:
+    """Put a per-instance loader hook back, as a row populator would."""
+    if "callables" not in state.__dict__:
+        state.callables = {}
+    state.callables[key] = loader
+
+
+def is_deleted(state: InstanceState[Any]) -> bool:
+    """Marked for deletion and flushed, not yet committed."""
+    return bool(state._deleted)
+
+
+def touched_expired_key() -> str | None:
+    """The attribute whose access is refreshing expired columns.
+
+    SQLAlchemy's expired-attribute loader is told which keys to refresh but
+    not which one was touched; the attribute machinery one frame above
+    (``_fire_loader_callables(state, key, passive)``) knows it.  Only used to
+    name the attribute in an error message.
+    """
+    frame = sys._getframe(1)
+    for _ in range(12):
+        if frame is None:
+            break
+        if frame.f_code.co_name == "_fire_loader_callables":
+            key = frame.f_locals.get("key")
+            return key if isinstance(key, str) else None
+        frame = frame.f_back
+    return None
+
+
+def loader_criteria(context: Any) -> tuple[Any, ...]:
+    """The ``with_loader_criteria`` options a query hands on to the lazy
+    loads of the instances it loaded (``QueryContext.propagated_loader_options``,
+    which becomes ``state.load_options``)."""
+    return tuple(
+        option
+        for option in context.propagated_loader_options
+        if isinstance(option, LoaderCriteriaOption)
+    )
+
+
+def extra_criteria(loadopt: Any) -> tuple[Any, ...]:
+    """The criteria of ``lazyload(User.addresses.and_(...))`` (empty when
+    there are none, or no option)."""
+    return tuple(getattr(loadopt, "_extra_criteria", None) or ())

@@ -1,0 +1,217 @@
+"""Protection that survives ``commit()`` and ``expire()``.
+
+After ``session.commit()`` (``expire_on_commit=True``) SQLAlchemy expires
+every instance and drops their per-instance hooks; reading an attribute then
+refreshes that one instance: one query per object in a loop.  Two hooks keep
+armed instances armed:
+
+* every instance an nplus1 query loads carries a :class:`Profile` (what that
+  query armed on it); an ``expire`` event listener puts the armed
+  relationship and deferred-column hooks back;
+* the class manager's ``expired_attribute_loader`` (the per-class function
+  SQLAlchemy calls to refresh expired columns) is wrapped so that touching
+  an expired column on one armed instance refreshes the same columns of
+  every armed peer with the same attributes expired, one query per chunk.
+
+A peer whose row is gone, a refresh of one instance, ``populate_existing``
+and everything SQLAlchemy does without SQL keep their stock behaviour.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import event, select
+from sqlalchemy.orm import ColumnProperty, Mapper, PassiveFlag
+from sqlalchemy.orm.state import InstanceState
+
+from . import _compat
+from ._batch import _KEYS_PARAM, DEFAULT_CHUNK_SIZE, _chunks, _key_filter, _key_values
+from ._logging import find_call_site, log_batch
+from ._modes import RAISE, WARN, effective_mode, warn_at_call_site
+from ._stats import record_batch
+from .exc import LazyLoadingAttributeError
+
+
+class Profile:
+    """What one query armed on the instances of one mapper at one path.
+
+    Shared by all those instances (one reference each), it remembers the
+    hooks to put back after an expire and how to refresh expired columns.
+    """
+
+    __slots__ = ("chunk_size", "loaders", "refresh_mode")
+
+    def __init__(self, refresh_mode: str | None, chunk_size: int | None) -> None:
+        self.refresh_mode = refresh_mode
+        self.chunk_size = chunk_size
+        self.loaders: dict[str, Any] = {}
+
+
+def profile_for(
+    context: Any, path: Any, mapper: Mapper[Any], mode: str, chunk_size: int | None
+) -> Profile:
+    """The profile of this query execution for this path and mapper."""
+    key = ("nplus1loader.profile", _compat.natural_path(path), mapper)
+    found = context.attributes.get(key)
+    if found is None:
+        # The refresh mode is the anchor's to set (see _strategies); until
+        # then expired columns refresh the stock way.
+        found = context.attributes[key] = Profile(None, chunk_size)
+    return found
+
+
+def profile_populator(profile: Profile) -> Any:
+    def remember(state: InstanceState[Any], dict_: Any, row: Any) -> None:
+        _compat.set_profile(state, profile)
+
+    return remember
+
+
+# ---------------------------------------------------------------- hooks
+
+_hooked: weakref.WeakSet[Mapper[Any]] = weakref.WeakSet()
+
+
+def ensure_hooks(mapper: Mapper[Any]) -> None:
+    """Install the expire listener and the batch refresh on ``mapper``
+    (once; mapper configuration, like SQLAlchemy's own event registry)."""
+    if mapper in _hooked:
+        return
+    _hooked.add(mapper)
+    event.listen(mapper, "expire", _on_expire, raw=True)
+    manager = mapper.class_manager
+    original = _compat.class_manager_expired_loader(manager)
+    if not isinstance(original, BatchRefresh):
+        _compat.set_class_manager_expired_loader(manager, BatchRefresh(mapper, original))
+
+
+def _on_expire(state: InstanceState[Any], attrs: Iterable[str] | None) -> None:
+    profile = _compat.get_profile(state)
+    if profile is None or not profile.loaders:
+        return
+    keys = profile.loaders if attrs is None else [k for k in attrs if k in profile.loaders]
+    dict_ = state.dict
+    for key in keys:
+        if key not in dict_:
+            _compat.install_callable(state, key, profile.loaders[key])
+
+
+class BatchRefresh:
+    """Stands in for ``ClassManager.expired_attribute_loader`` of one mapper."""
+
+    __slots__ = ("mapper", "original")
+
+    def __init__(self, mapper: Mapper[Any], original: Any) -> None:
+        self.mapper = mapper
+        self.original = original
+
+    def __call__(self, state: InstanceState[Any], toload: set[str], passive: PassiveFlag) -> Any:
+        profile = _compat.get_profile(state)
+        session = state.session
+        if (
+            profile is None
+            or profile.refresh_mode is None
+            or session is None
+            or state.key is None
+            or not passive & PassiveFlag.SQL_OK
+        ):
+            return self.original(state, toload, passive)
+        mapper = state.mapper
+        columns = sorted(k for k in toload if isinstance(mapper.attrs.get(k), ColumnProperty))
+        if not columns:
+            return self.original(state, toload, passive)
+        mode = effective_mode(profile.refresh_mode)
+        model = mapper.class_.__name__
+        touched = _compat.touched_expired_key() or columns[0]
+        if mode == RAISE:
+            if passive & PassiveFlag.NO_RAISE:
+                # SQLAlchemy's own bookkeeping (a delete cascade reading the
+                # key to find the children): raiseload never raises there.
+                return self.original(state, toload, passive)
+            raise LazyLoadingAttributeError(model, touched)
+        peers = expired_peers(session, state, set(toload))
+        if len(peers) < 2:
+            return self.original(state, toload, passive)
+        site = find_call_site()
+        with session.no_autoflush:
+            queries = refresh_columns(session, mapper, peers, columns, profile.chunk_size)
+        record_batch(session, len(peers), queries)
+        log_batch(model, touched, len(peers), site)
+        if mode == WARN:
+            where = f" at {site}" if site is not None else ""
+            warn_at_call_site(f"{model}.{touched}: N+1 loading of {len(peers)} instances{where}")
+        if any(k in state.expired_attributes for k in columns):
+            # Its row is gone: the stock refresh raises ObjectDeletedError.
+            return self.original(state, toload, passive)
+        return None
+
+
+def _loadable_expired(state: InstanceState[Any]) -> frozenset[str]:
+    """The keys SQLAlchemy would refresh for this state (``_load_expired``)."""
+    manager = state.manager
+    return frozenset(
+        k
+        for k in state.expired_attributes
+        if k not in state.committed_state and manager[k].impl.load_on_unexpire
+    )
+
+
+def expired_peers(
+    session: Any, trigger: InstanceState[Any], toload: set[str]
+) -> list[InstanceState[Any]]:
+    """The trigger, then every persistent instance of the same mapper that
+    is armed for load and has exactly the same attributes to refresh."""
+    mapper = trigger.mapper
+    wanted = frozenset(toload)
+    peers = [trigger]
+    for state in _compat.all_states(session):
+        if state is trigger or not state.expired_attributes or state.mapper is not mapper:
+            continue
+        profile = _compat.get_profile(state)
+        if profile is None or profile.refresh_mode is None:
+            continue
+        if effective_mode(profile.refresh_mode) == RAISE:
+            continue
+        if _compat.is_deleted(state) or _loadable_expired(state) != wanted:
+            continue
+        peers.append(state)
+    return peers
+
+
+def refresh_columns(
+    session: Any,
+    mapper: Mapper[Any],
+    states: list[InstanceState[Any]],
+    keys: list[str],
+    chunk_size: int | None,
+) -> int:
+    """One SELECT per chunk of the primary key and ``keys``; values are
+    stored as committed state and the keys are no longer expired."""
+    props = [mapper.attrs[k] for k in keys]
+    pk_columns = list(mapper.primary_key)
+    stmt = (
+        select(*pk_columns, *(p.expression for p in props))
+        .select_from(mapper)
+        .where(_key_filter(pk_columns))
+    )
+    npk = len(pk_columns)
+    statements = 0
+    for chunk in _chunks(states, chunk_size or DEFAULT_CHUNK_SIZE):
+        by_identity = {s.key[1]: s for s in chunk}
+        result = session.execute(stmt, {_KEYS_PARAM: _key_values(list(by_identity))})
+        statements += 1
+        for row in result:
+            state = by_identity.get(tuple(row[:npk]))
+            if state is None:
+                continue
+            dict_ = state.dict
+            for offset, key in enumerate(keys):
+                if key not in state.committed_state:
+                    dict_[key] = row[npk + offset]
+            _compat.commit_keys(state, keys)
+            if state is not states[0]:
+                state.expired_attributes.clear()
+    return statements

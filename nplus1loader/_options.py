@@ -1,0 +1,410 @@
+"""The public load options.
+
+Every option is one :class:`ArmOption`: which attributes (``'*'``, names or
+class-bound attributes), which kinds (columns, relationships), which mode
+(batch-load or raise).  Used standalone it applies to the query's lead
+entities; chained (``joinedload(User.articles).nplus1loader('*')``) it applies
+to the entity at the end of the chain.  At compile time it writes one
+:class:`~nplus1loader._strategies.ArmedElement` per attribute it covers, which
+the strategies in ``_strategies`` read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import inspect
+from sqlalchemy.exc import ArgumentError, NoInspectionAvailable
+from sqlalchemy.orm import ColumnProperty, Load, Mapper, RelationshipProperty
+from sqlalchemy.orm.attributes import QueryableAttribute
+from sqlalchemy.orm.interfaces import LoaderOption
+from sqlalchemy.sql.visitors import InternalTraversal
+
+from . import _compat
+from ._modes import LOAD, RAISE, check_mode
+from ._strategies import COL_KEYS, REL_KEYS, ArmedElement, watch_later_options
+
+COLUMNS = "columns"
+RELATIONSHIPS = "relationships"
+_BOTH = (COLUMNS, RELATIONSHIPS)
+_NOT_BATCHABLE_LAZY = ("dynamic", "write_only")
+
+Attr = str | QueryableAttribute[Any]
+
+__all__ = [
+    "ArmOption",
+    "default_columns",
+    "nplus1loader",
+    "nplus1loader_cols",
+    "nplus1loader_rels",
+    "raiseload_all",
+    "raiseload_col",
+    "raiseload_rel",
+]
+
+
+class ArmOption(LoaderOption):
+    """Arms attributes of the entities a query loads (see module docstring)."""
+
+    _traverse_internals = [
+        ("prefix", InternalTraversal.dp_has_cache_key_list),
+        ("names", InternalTraversal.dp_plain_obj),
+        ("bound", InternalTraversal.dp_plain_obj),
+        ("kinds", InternalTraversal.dp_plain_obj),
+        ("mode", InternalTraversal.dp_plain_obj),
+        ("nested", InternalTraversal.dp_plain_obj),
+        ("chunk_size", InternalTraversal.dp_plain_obj),
+    ]
+
+    # Carried along on loaded instances, so a refresh of an armed instance
+    # (``session.refresh(obj)``) arms it again.
+    propagate_to_loaders = True
+
+    def __init__(
+        self,
+        option_name: str,
+        attrs: Sequence[Attr],
+        kinds: tuple[str, ...],
+        mode: str,
+        nested: bool,
+        chunk_size: int | None,
+        prefix: Any = None,
+    ) -> None:
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+        ):
+            raise ArgumentError(
+                f"{option_name}(): chunk_size must be a positive integer, got {chunk_size!r}"
+            )
+        self.option_name = option_name
+        self.kinds = kinds
+        self.mode = mode
+        self.nested = bool(nested)
+        self.chunk_size = chunk_size
+        self.prefix = (prefix,) if prefix is not None else ()
+        names: list[str] = []
+        bound: list[tuple[Any, str]] = []
+        for attr in attrs or ("*",):
+            if isinstance(attr, str):
+                if attr != "*" and not attr.isidentifier():
+                    raise ArgumentError(f"{option_name}(): {attr!r} is not an attribute name")
+                names.append(attr)
+            elif isinstance(attr, QueryableAttribute):
+                self._check_kind(attr.property, attr.parent.mapper)
+                bound.append((attr.parent, attr.key))
+            else:
+                raise ArgumentError(
+                    f"{option_name}(): expected '*', an attribute name or a class-bound "
+                    f"attribute such as User.articles, got {attr!r}"
+                )
+        self.names = tuple(names)
+        self.bound = tuple(bound)
+        if prefix is not None and names:
+            entity = _prefix_entity_mapper(prefix)
+            if entity is not None:
+                for name in names:
+                    if name != "*":
+                        self._property_named(entity, name)
+
+    # -- validation -------------------------------------------------------
+
+    def _check_kind(self, prop: Any, mapper: Mapper[Any]) -> None:
+        where = f"{mapper.class_.__name__}.{prop.key}"
+        if isinstance(prop, RelationshipProperty):
+            if RELATIONSHIPS not in self.kinds:
+                raise ArgumentError(
+                    f"{self.option_name}(): {where} is a relationship, not a column; "
+                    "use nplus1loader_rels() / raiseload_rel() for relationships"
+                )
+            if prop.lazy in _NOT_BATCHABLE_LAZY:
+                raise ArgumentError(
+                    f"{self.option_name}(): {where} is a lazy={prop.lazy!r} relationship, "
+                    "which loads through its own query object and cannot be armed"
+                )
+        elif isinstance(prop, ColumnProperty):
+            if COLUMNS not in self.kinds:
+                raise ArgumentError(
+                    f"{self.option_name}(): {where} is a column, not a relationship; "
+                    "use nplus1loader_cols() / raiseload_col() for columns"
+                )
+        else:
+            raise ArgumentError(
+                f"{self.option_name}(): {where} is neither a column nor a relationship"
+            )
+
+    def _property_named(self, mapper: Mapper[Any], name: str) -> Any:
+        for candidate in mapper.self_and_descendants:
+            prop = candidate.attrs.get(name)
+            if prop is not None:
+                self._check_kind(prop, candidate)
+                return prop
+        raise ArgumentError(
+            f"{self.option_name}(): {mapper.class_.__name__} has no attribute {name!r}"
+        )
+
+    # -- compile time -----------------------------------------------------
+
+    def process_compile_state(self, compile_state: Any) -> None:
+        self._process(compile_state, _compat.mapper_entities(compile_state))
+
+    def process_compile_state_replaced_entities(
+        self, compile_state: Any, mapper_entities: Sequence[Any]
+    ) -> None:
+        self._process(compile_state, list(mapper_entities))
+
+    def _process(self, compile_state: Any, entities: list[Any]) -> None:
+        watch_later_options(compile_state)
+        current = _compat.natural_path(_compat.current_path(compile_state))
+        replaying = bool(current)
+        if self.prefix:
+            prefix = self.prefix[0]
+            prefix.process_compile_state(compile_state)
+            targets = _prefixed_targets(prefix, entities, current)
+        elif replaying:
+            # A stock lazy load replaying the options of its parent: nested
+            # arming is done by our own batch queries, never here.
+            return
+        else:
+            targets = [(_compat.entity_path(e), e.mapper, e.entity_zero) for e in entities]
+        for path, mapper, entity in targets:
+            self._arm_entity(compile_state, path, mapper, entity)
+
+    def _arm_entity(self, compile_state: Any, path: Any, mapper: Mapper[Any], entity: Any) -> None:
+        props = self._props_for(mapper, entity)
+        for prop, wild in props:
+            prop_path = path[prop]
+            exact_key = _compat.loader_keys(prop_path)[0]
+            existing = compile_state.attributes.get(exact_key)
+            if isinstance(existing, ArmedElement):
+                existing = existing.underlying
+            if isinstance(prop, RelationshipProperty):
+                strategy = REL_KEYS[self.mode]
+            else:
+                strategy = COL_KEYS[self.mode]
+            compile_state.attributes[exact_key] = ArmedElement(
+                strategy, self.mode, wild, existing, self.nested, self.chunk_size
+            )
+        if COLUMNS in self.kinds or self.mode != RAISE:
+            self._arm_anchors(compile_state, path, mapper)
+
+    def _arm_anchors(self, compile_state: Any, path: Any, mapper: Mapper[Any]) -> None:
+        """Mark the primary-key column of each mapper as this option's
+        anchor, so every instance the query returns is remembered as armed
+        (expired columns are refreshed in batches after a commit)."""
+        seen: set[int] = set()
+        for candidate in mapper.self_and_descendants:
+            prop = candidate.get_property_by_column(candidate.primary_key[0])
+            if id(prop) in seen:
+                continue
+            seen.add(id(prop))
+            exact_key = _compat.loader_keys(path[prop])[0]
+            existing = compile_state.attributes.get(exact_key)
+            if isinstance(existing, ArmedElement):
+                existing = existing.underlying
+            compile_state.attributes[exact_key] = ArmedElement(
+                COL_KEYS[self.mode],
+                self.mode,
+                True,
+                existing,
+                self.nested,
+                self.chunk_size,
+                anchor=True,
+            )
+
+    def _props_for(self, mapper: Mapper[Any], entity: Any) -> list[tuple[Any, bool]]:
+        chosen: dict[int, tuple[Any, bool]] = {}
+        if "*" in self.names:
+            for candidate in mapper.self_and_descendants:
+                for prop in candidate.iterate_properties:
+                    if self._wildcard_covers(prop):
+                        chosen.setdefault(id(prop), (prop, True))
+        named = [n for n in self.names if n != "*"]
+        if named:
+            for name in named:
+                prop = self._property_named(mapper, name)
+                chosen[id(prop)] = (prop, False)
+        for bound_entity, key in self.bound:
+            if _entity_matches(bound_entity, mapper, entity):
+                prop = bound_entity.mapper.attrs[key]
+                chosen[id(prop)] = (prop, False)
+        return list(chosen.values())
+
+    def _wildcard_covers(self, prop: Any) -> bool:
+        if isinstance(prop, RelationshipProperty):
+            return RELATIONSHIPS in self.kinds and prop.lazy not in _NOT_BATCHABLE_LAZY
+        return isinstance(prop, ColumnProperty) and COLUMNS in self.kinds
+
+
+def _entity_matches(bound_entity: Any, mapper: Mapper[Any], entity: Any) -> bool:
+    if getattr(bound_entity, "is_aliased_class", False):
+        return bound_entity is entity
+    return mapper.isa(bound_entity.mapper) or bound_entity.mapper.isa(mapper)
+
+
+def _prefix_entity_mapper(prefix: Any) -> Mapper[Any] | None:
+    path = getattr(prefix, "path", None)
+    if path is None or not len(path):
+        return None
+    last = path[-1]
+    return getattr(last, "mapper", None)
+
+
+def _prefixed_targets(
+    prefix: Any, entities: list[Any], current: tuple[Any, ...]
+) -> list[tuple[Any, Mapper[Any], Any]]:
+    """The entity path a chained option applies to, expressed relative to
+    this query's lead entities (in a lazy load, relative to the path the
+    load started from, as SQLAlchemy does for its own chained options)."""
+    path = getattr(prefix, "path", None)
+    if path is None or not len(path):
+        return [(_compat.entity_path(e), e.mapper, e.entity_zero) for e in entities]
+    steps = _compat.natural_path(path)
+    if current:
+        if steps[: len(current)] != current or len(steps) <= len(current):
+            return []
+        steps = steps[len(current) :]
+    head, rest = steps[0], steps[1:]
+    targets = []
+    for entity in entities:
+        if entity.mapper is getattr(head, "mapper", None) or entity.entity_zero is head:
+            target = _compat.entity_path(entity)
+            for i in range(0, len(rest), 2):
+                target = target[rest[i]][rest[i + 1]]
+            last = rest[-1] if rest else head
+            targets.append((target, last.mapper, last))
+    if not targets and not current:
+        raise ArgumentError(
+            f"option chained from {path} does not apply to any entity of this query"
+        )
+    return targets
+
+
+# ------------------------------------------------------------- public API
+
+
+def nplus1loader(
+    *attrs: Attr, nested: bool = True, chunk_size: int | None = None, mode: str = LOAD
+) -> ArmOption:
+    """Batch-load columns and relationships on first touch.
+
+    With ``'*'`` (the default) every relationship the query loads lazily and
+    every column it leaves unloaded is armed: touching it on one instance
+    loads it for every armed peer in the session, one query per 500
+    instances.  Names (``'articles'``) or class-bound attributes
+    (``User.articles``) arm exactly those, deferring named columns.
+
+    :param nested: arm the instances a batch load brings in the same way,
+        so walking ``user.articles[i].comments`` costs one query per level.
+    :param chunk_size: instances per query (default 500).
+    :param mode: ``"load"`` (batch), ``"warn"`` (batch and emit
+        :class:`~nplus1loader.NPlusOneWarning`) or ``"raise"``.
+    """
+    return ArmOption(
+        "nplus1loader", attrs, _BOTH, check_mode(mode, "nplus1loader()"), nested, chunk_size
+    )
+
+
+def nplus1loader_cols(
+    *attrs: Attr, nested: bool = True, chunk_size: int | None = None, mode: str = LOAD
+) -> ArmOption:
+    """:func:`nplus1loader` for columns only."""
+    return ArmOption(
+        "nplus1loader_cols",
+        attrs,
+        (COLUMNS,),
+        check_mode(mode, "nplus1loader_cols()"),
+        nested,
+        chunk_size,
+    )
+
+
+def nplus1loader_rels(
+    *attrs: Attr, nested: bool = True, chunk_size: int | None = None, mode: str = LOAD
+) -> ArmOption:
+    """:func:`nplus1loader` for relationships only."""
+    return ArmOption(
+        "nplus1loader_rels",
+        attrs,
+        (RELATIONSHIPS,),
+        check_mode(mode, "nplus1loader_rels()"),
+        nested,
+        chunk_size,
+    )
+
+
+def raiseload_all(*attrs: Attr) -> ArmOption:
+    """Touching an unloaded column or lazy relationship raises
+    :class:`~nplus1loader.LazyLoadingAttributeError`, every time.
+
+    With ``'*'`` it covers exactly what :func:`nplus1loader` would batch, so a
+    test suite using it sees every N+1 pattern production would absorb.
+    """
+    return ArmOption("raiseload_all", attrs, _BOTH, RAISE, False, None)
+
+
+def raiseload_col(*attrs: Attr) -> ArmOption:
+    """Named columns are not loaded, and touching them raises; ``'*'``
+    makes every column the query leaves unloaded raise."""
+    return ArmOption("raiseload_col", attrs, (COLUMNS,), RAISE, False, None)
+
+
+def raiseload_rel(*attrs: Attr) -> ArmOption:
+    """Touching a lazily loaded relationship raises."""
+    return ArmOption("raiseload_rel", attrs, (RELATIONSHIPS,), RAISE, False, None)
+
+
+def default_columns(model: Any) -> Load:
+    """The model's own column loading as an option: deferred columns stay
+    deferred (groups kept, ``raiseload=True`` kept), the others are loaded.
+
+    Kept for compatibility with the 2020 library, where it was needed next
+    to ``nplus1loader('*')``; here ``nplus1loader('*')`` works without it.
+    """
+    try:
+        mapper = inspect(model).mapper
+    except (NoInspectionAvailable, AttributeError):
+        raise ArgumentError(f"default_columns(): {model!r} is not a mapped class") from None
+    entity = model if not isinstance(model, Mapper) else model.class_
+    load = Load(entity)
+    for prop in mapper.column_attrs:
+        options = dict(prop.strategy_key)
+        if "deferred" not in options or not options.get("instrument", True):
+            continue  # query_expression() and friends have their own rules
+        attr = getattr(entity, prop.key)
+        if options["deferred"]:
+            load = load.defer(attr, raiseload=bool(options.get("raiseload")))
+        else:
+            load = load.undefer(attr)
+    return load
+
+
+def _chained(name: str, kinds: tuple[str, ...], mode: str, allow_nested: bool) -> Any:
+    def method(
+        self: Any,
+        *attrs: Attr,
+        nested: bool = True,
+        chunk_size: int | None = None,
+        **kw: Any,
+    ) -> ArmOption:
+        chosen = check_mode(kw.pop("mode", mode), f"{name}()")
+        if kw:
+            raise ArgumentError(f"{name}(): unexpected keyword arguments {sorted(kw)}")
+        return ArmOption(
+            name, attrs, kinds, chosen, nested and allow_nested, chunk_size, prefix=self
+        )
+
+    method.__name__ = name
+    method.__doc__ = f"Chained form of :func:`nplus1loader.{name}`."
+    return method
+
+
+for _name, _kinds, _mode, _nested in (
+    ("nplus1loader", _BOTH, LOAD, True),
+    ("nplus1loader_cols", (COLUMNS,), LOAD, True),
+    ("nplus1loader_rels", (RELATIONSHIPS,), LOAD, True),
+    ("raiseload_all", _BOTH, RAISE, False),
+    ("raiseload_col", (COLUMNS,), RAISE, False),
+    ("raiseload_rel", (RELATIONSHIPS,), RAISE, False),
+):
+    _compat.attach_loader_method(_name, _chained(_name, _kinds, _mode, _nested))

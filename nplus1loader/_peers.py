@@ -1,0 +1,197 @@
+"""What happens when an armed attribute is touched: find its armed peers in
+the session and batch-load the attribute for all of them.
+
+An instance is *armed* for an attribute when a query carrying an nplus1
+option left an :class:`ArmedLoader` in ``state.callables[key]``: the
+per-instance hook SQLAlchemy calls on first access.  Peers are looked up in
+the session's identity map at touch time, so instances from other queries
+count when they were armed too, and the hooks hold no strong reference to any
+instance: dropping an object frees it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import LoaderCallableStatus, PassiveFlag
+from sqlalchemy.orm.state import InstanceState
+
+from . import _compat
+from ._batch import bulk_load_attribute_for_instance_states
+from ._logging import find_call_site, log_batch
+from ._modes import LOAD, RAISE, WARN, effective_mode, warn_at_call_site
+from ._stats import record_batch, stock_queries
+from .exc import LazyLoadingAttributeError
+
+__all__ = ["LOAD", "RAISE", "WARN", "ArmedLoader", "StockLoader", "armed_peers"]
+
+
+class ArmedLoader:
+    """The per-instance loader callable of one armed attribute.
+
+    One object is shared by every instance that one query armed at one path,
+    so arming costs a dict entry per instance.  ``strategy`` is the loader
+    strategy that armed the attribute; its stock ``_load_for_state`` is the
+    fallback for everything a batch must not do (no SQL allowed, detached,
+    pending, a row that vanished).
+    """
+
+    __slots__ = ("chunk_size", "criteria", "key", "mode", "nested", "prop", "strategy")
+
+    def __init__(
+        self,
+        strategy: Any,
+        mode: str,
+        nested: bool,
+        chunk_size: int | None,
+        criteria: tuple[Any, ...] = (),
+    ) -> None:
+        self.strategy = strategy
+        self.prop = strategy.parent_property
+        self.key = self.prop.key
+        self.mode = mode
+        self.nested = nested
+        self.chunk_size = chunk_size
+        # The with_loader_criteria options of the arming query: stock lazy
+        # loads apply them (state.load_options), so the batch does too, and
+        # only instances armed under the very same options are peers.
+        self.criteria = criteria
+
+    def __repr__(self) -> str:
+        return f"<ArmedLoader {self.prop} mode={self.mode}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A pickled instance comes back without its peers: restore it with
+        # SQLAlchemy's own per-attribute behaviour.
+        return (StockLoader, (self.key, self.is_column))
+
+    def __call__(self, state: InstanceState[Any], passive: PassiveFlag) -> Any:
+        mode = effective_mode(self.mode)
+        if mode == RAISE:
+            return self._raise(state, passive)
+        session = state.session
+        if (
+            session is None
+            or state.key is None
+            or not passive & PassiveFlag.SQL_OK
+            or (self.is_many_to_one and not passive & PassiveFlag.RELATED_OBJECT_OK)
+        ):
+            # Without RELATED_OBJECT_OK (the flush reading a many-to-one's
+            # history) SQLAlchemy only looks in the identity map: no SQL.
+            return self._stock(state, passive)
+        peers = armed_peers(session, state, self)
+        model = self.prop.parent.class_.__name__
+        site = find_call_site()
+        options = _nested_options(self) if self.nested and not self.is_column else ()
+        options += self.criteria
+        stock = stock_queries(session, self.prop, peers)
+        queries = bulk_load_attribute_for_instance_states(
+            session,
+            self.prop.parent,
+            peers,
+            self.key,
+            chunk_size=self.chunk_size,
+            options=options,
+        )
+        # Reported once the batch has run: a batch that failed (a lost
+        # connection, MissingGreenlet under asyncio) loaded nothing.
+        record_batch(session, len(peers), queries, stock)
+        log_batch(model, self.key, len(peers), site)
+        if mode == WARN:
+            warn_at_call_site(
+                f"{model}.{self.key}: N+1 loading of {len(peers)} instances"
+                + (f" at {site}" if site is not None else "")
+            )
+        if self.key in state.dict:
+            return LoaderCallableStatus.ATTR_WAS_SET
+        # The batch found no row for this instance (deleted behind the
+        # session): let SQLAlchemy load it alone, and raise as it would.
+        return self._stock(state, passive)
+
+    @property
+    def is_many_to_one(self) -> bool:
+        direction = getattr(self.prop, "direction", None)
+        return direction is not None and direction.name == "MANYTOONE"
+
+    @property
+    def is_column(self) -> bool:
+        return not hasattr(self.prop, "direction")
+
+    def _stock(self, state: InstanceState[Any], passive: PassiveFlag) -> Any:
+        return StockLoader(self.key, self.is_column)(state, passive)
+
+    def _raise(self, state: InstanceState[Any], passive: PassiveFlag) -> Any:
+        if self.is_column:
+            if state.key is None:
+                return LoaderCallableStatus.ATTR_EMPTY
+            if not passive & PassiveFlag.SQL_OK:
+                return LoaderCallableStatus.PASSIVE_NO_RESULT
+            raise LazyLoadingAttributeError(state.class_.__name__, self.key)
+        # The raising relationship strategy applies SQLAlchemy's own rules of
+        # when a lazy="raise" relationship raises (never during flush or
+        # backref bookkeeping), with our exception.
+        raising = _compat.get_strategy(self.prop, (("lazy", "nplus1loader_raise"),))
+        return _compat.load_for_state(raising, state, passive)
+
+
+class StockLoader:
+    """SQLAlchemy's own one-instance loading of an attribute.
+
+    Used as the fallback of :class:`ArmedLoader`, and as what an armed
+    instance carries after pickling: its peers stay behind, so it loads its
+    attributes one at a time, as stock SQLAlchemy would.
+    """
+
+    __slots__ = ("is_column", "key")
+
+    def __init__(self, key: str, is_column: bool) -> None:
+        self.key = key
+        self.is_column = is_column
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (StockLoader, (self.key, self.is_column))
+
+    def __call__(self, state: InstanceState[Any], passive: PassiveFlag) -> Any:
+        prop = state.manager.mapper.attrs[self.key]
+        if self.is_column:
+            stock = _compat.get_strategy(prop, (("deferred", True), ("instrument", True)))
+        else:
+            stock = _compat.get_strategy(prop, (("lazy", "select"),))
+        return _compat.load_for_state(stock, state, passive)
+
+
+def is_armed_for_load(
+    state: InstanceState[Any], loader: ArmedLoader, raise_hooks_load: bool = False
+) -> bool:
+    hook = state.callables.get(loader.key)
+    return (
+        isinstance(hook, ArmedLoader)
+        and (raise_hooks_load or hook.mode != RAISE)
+        and hook.prop is loader.prop
+        and len(hook.criteria) == len(loader.criteria)
+        and all(a is b for a, b in zip(hook.criteria, loader.criteria, strict=True))
+    )
+
+
+def armed_peers(
+    session: Any, trigger: InstanceState[Any], loader: ArmedLoader
+) -> list[InstanceState[Any]]:
+    """The trigger first, then every other persistent instance of the session
+    that is armed (in load mode) for the same attribute and still lacks it."""
+    key = loader.key
+    # Under an override to load or warn (NPLUS1LOADER_MODE, the pytest
+    # plugin), instances armed by a raise option batch like the others.
+    raise_hooks_load = effective_mode(RAISE) != RAISE
+    peers = [trigger]
+    for state in _compat.all_states(session):
+        if state is trigger or key in state.dict:
+            continue
+        if is_armed_for_load(state, loader, raise_hooks_load):
+            peers.append(state)
+    return peers
+
+
+def _nested_options(loader: ArmedLoader) -> tuple[Any, ...]:
+    from ._options import nplus1loader
+
+    return (nplus1loader("*", nested=True, chunk_size=loader.chunk_size),)
