@@ -1,0 +1,208 @@
+"""Which instances a batch loads, and how many queries it takes.
+
+A touch loads the attribute for every persistent instance in the session of
+that mapper (subclasses included) that is armed for it and still lacks it:
+one query per 500 instances, or per ``chunk_size``.  Instances loaded without
+an nplus1 option, or under a raiseload option, are left alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, event
+from sqlalchemy.orm import Session, load_only, selectinload, undefer
+
+from nplus1loader import (
+    LazyLoadingAttributeError,
+    nplus1loader,
+    nplus1loader_cols,
+    nplus1loader_rels,
+    raiseload_all,
+)
+from tests.core_models import (
+    Animal,
+    Cat,
+    Dog,
+    User,
+    load,
+    loaded,
+    seed,
+    stock,
+    touch_all,
+)
+
+
+@pytest.fixture
+def session(engine: Engine) -> Iterator[Session]:
+    seed(engine)
+    with Session(engine) as session:
+        yield session
+
+
+class ParameterCounter:
+    """The number of bound parameters of each statement sent: an expanded
+    ``IN`` list has one per instance, so this shows each chunk's size."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.sizes: list[int] = []
+
+    def _record(self, conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        self.sizes.append(len(parameters))
+
+    def __enter__(self) -> ParameterCounter:
+        event.listen(self.engine, "before_cursor_execute", self._record)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._record)
+
+
+@pytest.mark.parametrize(
+    ("key", "eager"),
+    [("bio", lambda: undefer(User.bio)), ("articles", lambda: selectinload(User.articles))],
+    ids=["bio", "articles"],
+)
+def test_one_query_per_500_instances(engine: Engine, key: str, eager) -> None:
+    seed(engine, users=1204)
+    with Session(engine) as session:
+        users = load(session, "scalars", User, nplus1loader("*"))
+        assert len(users) == 1204
+        with ParameterCounter(engine) as params:
+            got = touch_all(engine, users, lambda u: getattr(u, key))
+    # The oracle is stock eager loading here: 1204 stock lazy loads take
+    # seconds on the servers, and the small tests compare with them already.
+    want = stock(engine, User, lambda u: getattr(u, key), eager())
+    assert want.queries == 0
+    assert got.queries == 3, got.statements
+    assert params.sizes == [500, 500, 204]
+    assert got.values == want.values
+
+
+@pytest.mark.parametrize(
+    ("chunk_size", "queries"), [(1, 6), (2, 3), (4, 2), (6, 1), (7, 1), (None, 1)]
+)
+@pytest.mark.parametrize(
+    ("make", "key"),
+    [
+        pytest.param(lambda size: nplus1loader("*", chunk_size=size), "bio", id="nplus1loader"),
+        pytest.param(lambda size: nplus1loader_cols("bio", chunk_size=size), "bio", id="cols"),
+        pytest.param(lambda size: nplus1loader_rels("*", chunk_size=size), "articles", id="rels"),
+    ],
+)
+def test_chunk_size_is_configurable(
+    engine: Engine, session: Session, make, key: str, chunk_size: int | None, queries: int
+) -> None:
+    users = load(session, "scalars", User, make(chunk_size))
+    got = touch_all(engine, users, lambda u: getattr(u, key))
+    want = stock(engine, User, lambda u: getattr(u, key))
+    assert got.queries == queries, got.statements
+    assert got.values == want.values
+
+
+def test_chained_chunk_size(engine: Engine, session: Session) -> None:
+    users = load(session, "scalars", User, load_only(User.id).nplus1loader("*", chunk_size=4))
+    got = touch_all(engine, users, lambda u: u.name)
+    want = stock(engine, User, lambda u: u.name)
+    assert got.queries == 2, got.statements
+    assert got.values == want.values
+
+
+def test_nested_batches_keep_the_chunk_size(engine: Engine, session: Session) -> None:
+    users = load(session, "scalars", User, nplus1loader("*", chunk_size=4))
+    got = touch_all(engine, users, lambda u: [a.comments for a in u.articles])
+    want = stock(engine, User, lambda u: [a.comments for a in u.articles])
+    articles = sum(len(v) for v in want.values.values())
+    assert articles == 9
+    assert got.queries == 2 + 3, got.statements  # 6 users by 4, 9 articles by 4
+    assert got.values == want.values
+
+
+@pytest.mark.parametrize("key", ["bio", "articles"])
+def test_instances_loaded_without_the_option_are_left_alone(
+    engine: Engine, session: Session, key: str
+) -> None:
+    armed = load(session, "scalars", User, nplus1loader("*"), where=User.id <= 3)
+    plain = load(session, "scalars", User, where=User.id > 3)
+
+    got = touch_all(engine, armed, lambda u: getattr(u, key))
+    assert got.queries == 1
+    assert not any(loaded(u, key) for u in plain)
+
+    # They still lazy load the stock way: one query each.
+    got_plain = touch_all(engine, plain, lambda u: getattr(u, key))
+    assert got_plain.queries == len(plain) == 3
+    want = stock(engine, User, lambda u: getattr(u, key))
+    assert {**got.values, **got_plain.values} == want.values
+
+
+@pytest.mark.parametrize("key", ["bio", "articles"])
+def test_instances_under_raiseload_are_left_alone(
+    engine: Engine, session: Session, key: str
+) -> None:
+    armed = load(session, "scalars", User, nplus1loader("*"), where=User.id <= 3)
+    raising = load(session, "scalars", User, raiseload_all("*"), where=User.id > 3)
+
+    got = touch_all(engine, armed, lambda u: getattr(u, key))
+    want = stock(engine, User, lambda u: getattr(u, key), where=User.id <= 3)
+    assert got.queries == 1
+    assert got.values == want.values
+    for user in raising:
+        assert not loaded(user, key)
+        with pytest.raises(LazyLoadingAttributeError):
+            getattr(user, key)
+
+
+@pytest.mark.parametrize("key", ["bio", "articles"])
+def test_armed_instances_of_several_queries_load_together(
+    engine: Engine, session: Session, key: str
+) -> None:
+    first = load(session, "scalars", User, nplus1loader("*"), where=User.id <= 3)
+    second = load(session, "query", User, nplus1loader("*"), where=User.id > 3)
+    got = touch_all(engine, first + second, lambda u: getattr(u, key))
+    want = stock(engine, User, lambda u: getattr(u, key))
+    assert got.queries == 1, got.statements
+    assert got.values == want.values
+
+
+def test_expunged_instance_is_not_loaded_by_a_peer(engine: Engine, session: Session) -> None:
+    users = load(session, "scalars", User, nplus1loader("*"))
+    gone = users.pop(2)
+    session.expunge(gone)
+    got = touch_all(engine, users, lambda u: u.bio)
+    assert got.queries == 1
+    assert not loaded(gone, "bio")
+
+
+def test_only_instances_of_the_touched_mapper_are_loaded(engine: Engine, session: Session) -> None:
+    # Same attribute name on two unrelated mappers, both armed.
+    users = load(session, "scalars", User, load_only(User.id), nplus1loader("*"))
+    animals = load(session, "scalars", Animal, load_only(Animal.id), nplus1loader("*"))
+
+    got = touch_all(engine, users, lambda u: u.name)
+    assert got.queries == 1
+    assert not any(loaded(a, "name") for a in animals)
+
+    got = touch_all(engine, animals, lambda a: a.name)
+    want = stock(engine, Animal, lambda a: a.name)
+    assert got.queries == 1
+    assert got.values == want.values
+
+
+@pytest.mark.parametrize("key", ["notes", "owner"])
+def test_subclass_instances_are_peers(engine: Engine, session: Session, key: str) -> None:
+    dogs = load(session, "scalars", Dog, nplus1loader("*"))
+    cats = load(session, "query", Cat, nplus1loader("*"))
+    assert dogs and cats
+
+    got = touch_all(engine, dogs[:1], lambda a: getattr(a, key))
+    assert got.queries == 1, got.statements
+    assert all(loaded(a, key) for a in dogs + cats)
+
+    got = touch_all(engine, dogs + cats, lambda a: getattr(a, key))
+    want = stock(engine, Animal, lambda a: getattr(a, key))
+    assert got.queries == 0
+    assert got.values == want.values

@@ -1,0 +1,96 @@
+"""The public surface: ``nplus1loader.__all__`` names exactly the public API,
+each name is importable from the package, and ``py.typed`` ships with it so
+type checkers read the annotations.
+
+Adding a public name is a decision: it must be added here too.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+import re
+from importlib import metadata, resources
+from pathlib import Path
+
+import pytest
+from sqlalchemy.exc import InvalidRequestError
+
+import nplus1loader
+
+PUBLIC = {
+    # The core (issue 2).
+    "DEFAULT_CHUNK_SIZE",
+    "LazyLoadingAttributeError",
+    "NPlusOneWarning",
+    "bulk_load_attribute_for_instance_states",
+    "default_columns",
+    "nplus1loader",
+    "nplus1loader_cols",
+    "nplus1loader_rels",
+    "raiseload_all",
+    "raiseload_col",
+    "raiseload_rel",
+    # Production and test ergonomics (issue 6).
+    "Stats",
+    "disable",
+    "disabled",
+    "enable",
+    "stats",
+}
+
+
+def test_all_is_exactly_the_public_api() -> None:
+    assert sorted(nplus1loader.__all__) == sorted(PUBLIC)
+    assert len(nplus1loader.__all__) == len(set(nplus1loader.__all__))  # no duplicates
+
+
+@pytest.mark.parametrize("name", sorted(PUBLIC))
+def test_each_public_name_is_importable(name: str) -> None:
+    namespace: dict[str, object] = {}
+    exec(f"from nplus1loader import {name}", namespace)
+    assert namespace[name] is getattr(importlib.import_module("nplus1loader"), name)
+    if callable(namespace[name]):
+        assert (namespace[name].__doc__ or "").strip(), f"{name} has no docstring"
+
+
+def test_star_import_gives_exactly_all() -> None:
+    namespace: dict[str, object] = {}
+    exec("from nplus1loader import *", namespace)
+    namespace.pop("__builtins__", None)
+    assert set(namespace) == PUBLIC
+
+
+def test_exceptions_are_what_the_api_promises() -> None:
+    error = nplus1loader.LazyLoadingAttributeError("User", "name")
+    assert isinstance(error, InvalidRequestError)
+    assert str(error) == "User.name is not available due to raiseload"
+    assert (error.model_name, error.attribute_name) == ("User", "name")
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is nplus1loader.LazyLoadingAttributeError
+    assert str(again) == str(error)
+    assert issubclass(nplus1loader.NPlusOneWarning, Warning)
+    assert nplus1loader.DEFAULT_CHUNK_SIZE == 500
+
+
+def test_py_typed_is_in_the_package() -> None:
+    marker = resources.files("nplus1loader").joinpath("py.typed")
+    assert marker.is_file()
+
+
+def test_py_typed_is_shipped_in_the_distribution() -> None:
+    """From a source checkout, pyproject.toml must put py.typed in the wheel;
+    from an installed wheel, the installed files must list it."""
+    pyproject = Path(nplus1loader.__file__).resolve().parent.parent / "pyproject.toml"
+    if pyproject.is_file():
+        text = pyproject.read_text(encoding="utf-8")
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10: the one line is enough
+            assert re.search(r'^nplus1loader = \[[^\]]*"py\.typed"', text, re.MULTILINE)
+        else:
+            data = tomllib.loads(text)["tool"]["setuptools"]["package-data"]
+            assert "py.typed" in data["nplus1loader"]
+    else:
+        files = metadata.files("nplus1loader") or []
+        assert any(str(f).replace("\\", "/") == "nplus1loader/py.typed" for f in files)
