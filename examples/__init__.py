@@ -1,0 +1,1 @@
+"""Runnable examples of nplus1loader (not part of the installed library)."""
