@@ -1,0 +1,242 @@
+"""``python -m benchmarks run|report|profile``: see docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import sqlalchemy
+
+from . import report
+from .data import populate
+from .harness import DATABASES, LABELS, Probe, Record, make_engine, measure_cell, server_version
+from .scenarios import BY_KEY, CONTENDERS, LATENCY_DEFAULT, SCENARIOS
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _csv(kind: type, choices: tuple[str, ...] | None = None):  # type: ignore[no-untyped-def]
+    def parse(value: str) -> list[object]:
+        items = [kind(v.strip()) for v in value.split(",") if v.strip()]
+        bad = [v for v in items if choices is not None and v not in choices]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {choices}")
+        return items
+
+    return parse
+
+
+def _quiet_library() -> None:
+    """The library logs one WARNING per batch: the point of a benchmark, not
+    of its output.  The mode override would change what is measured."""
+    logging.getLogger("nplus1loader").setLevel(logging.ERROR)
+    os.environ.pop("NPLUS1LOADER_MODE", None)
+
+
+def _git_version() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "nplus1loader"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" + uncommitted changes" if dirty else "")
+
+
+def _load() -> str:
+    return "/".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+def _memory_dbs(args: argparse.Namespace) -> list[str]:
+    chosen = [db for db in args.memory_dbs if db in args.dbs]
+    return chosen or args.dbs[:1]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _quiet_library()
+    args.out.mkdir(parents=True, exist_ok=True)
+    scenarios = [BY_KEY[k] for k in args.scenarios]
+    latency_scenarios = [BY_KEY[k] for k in args.latency_scenarios] if args.latency_ms else []
+    started = time.time()
+    meta: dict[str, object] = {
+        "command": "python -m benchmarks " + " ".join(sys.argv[1:]),
+        "started": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "python": platform.python_version(),
+        "sqlalchemy": sqlalchemy.__version__,
+        "git": _git_version(),
+        "cpus": os.cpu_count(),
+        "load_start": _load(),
+        "repeat": args.repeat,
+        "budget_s": args.budget,
+        "stock_max_statements": args.stock_max_statements,
+        "memory_dbs": _memory_dbs(args),
+        "servers": {},
+    }
+    records: list[Record] = []
+    for db in args.dbs:
+        engine = make_engine(db)
+        try:
+            meta["servers"][db] = server_version(engine)  # type: ignore[index]
+        except sqlalchemy.exc.OperationalError as exc:
+            print(f"{LABELS[db]} is unreachable: {exc.orig}", file=sys.stderr)
+            return 2
+        probe = Probe(engine)
+        for size in args.sizes:
+            t0 = time.perf_counter()
+            rows = populate(engine, size)
+            print(
+                f"{LABELS[db]}: {rows:,} rows for {size:,} parents "
+                f"in {time.perf_counter() - t0:.1f} s",
+                flush=True,
+            )
+            cells = [(s, 0.0) for s in scenarios] + [
+                (s, args.latency_ms) for s in latency_scenarios
+            ]
+            for scenario, latency in cells:
+                records += measure_cell(
+                    engine,
+                    probe,
+                    db,
+                    scenario,
+                    size,
+                    repeat=args.repeat,
+                    budget=args.budget,
+                    latency_ms=latency,
+                    # Memory does not depend on the round trip, and hardly on
+                    # the database: traced where asked, without latency.
+                    trace_memory=db in meta["memory_dbs"] and not latency,  # type: ignore[operator]
+                    stock_max_statements=args.stock_max_statements,
+                )
+                sys.stdout.flush()
+            meta["load_end"] = _load()
+            meta["duration_s"] = time.time() - started
+            report.save(args.out / "results.json", meta, records)
+        engine.dispose()
+    md, png = report.write(args.out)
+    print(f"wrote {md} and {png} in {(time.time() - started) / 60:.1f} minutes")
+    return 1 if any(r.problems for r in records) else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    md, png = report.write(args.out)
+    print(f"wrote {md} and {png}")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from .profiling import profile
+
+    _quiet_library()
+    args.out.mkdir(parents=True, exist_ok=True)
+    profile(
+        args.db,
+        args.size,
+        BY_KEY[args.scenario],
+        args.contender,
+        args.tool,
+        args.out,
+        populate_first=not args.no_populate,
+        latency_ms=args.latency_ms,
+        cpu_time=args.cpu_time,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS,
+        help="directory for results.json, report.md and chart.png",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the suite, then write report.md and chart.png")
+    run.add_argument(
+        "--sizes",
+        type=_csv(int),
+        default=[1000, 10_000],
+        help="numbers of parents (default 1000,10000; add 100000 for the long run)",
+    )
+    run.add_argument("--dbs", type=_csv(str, DATABASES), default=list(DATABASES))
+    run.add_argument("--repeat", type=int, default=5, help="timed runs per contender")
+    run.add_argument(
+        "--latency-ms",
+        type=float,
+        default=1.0,
+        help="simulated round trip per statement for the latency scenarios (0: skip them)",
+    )
+    run.add_argument(
+        "--scenarios", type=_csv(str, tuple(BY_KEY)), default=[s.key for s in SCENARIOS]
+    )
+    run.add_argument(
+        "--latency-scenarios", type=_csv(str, tuple(BY_KEY)), default=list(LATENCY_DEFAULT)
+    )
+    run.add_argument(
+        "--budget",
+        type=float,
+        default=10.0,
+        help="seconds: when stock lazy loading is slow, it runs budget / (first run) times",
+    )
+    run.add_argument(
+        "--stock-max-statements",
+        type=int,
+        default=20_000,
+        help="skip stock lazy loading where it would send more statements than this "
+        "(default 20000: the three-level walk from 10,000 parents sends 110,001)",
+    )
+    run.add_argument(
+        "--memory-dbs",
+        type=_csv(str, DATABASES),
+        default=["postgresql"],
+        help="databases on which peak memory is traced (default postgresql; it hardly "
+        "depends on the database)",
+    )
+    run.set_defaults(func=cmd_run)
+
+    rep = sub.add_parser("report", help="re-render report.md and chart.png from results.json")
+    rep.set_defaults(func=cmd_report)
+
+    prof = sub.add_parser("profile", help="profile one contender of one scenario")
+    prof.add_argument("--db", choices=DATABASES, default="postgresql")
+    prof.add_argument("--size", type=int, default=10_000)
+    prof.add_argument("--scenario", choices=tuple(BY_KEY), default="one_to_many")
+    prof.add_argument("--contender", choices=CONTENDERS, default="nplus1loader")
+    prof.add_argument("--tool", choices=("cprofile", "pyinstrument"), default="cprofile")
+    prof.add_argument("--latency-ms", type=float, default=0.0)
+    prof.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="cProfile with process CPU time instead of wall time",
+    )
+    prof.add_argument(
+        "--no-populate", action="store_true", help="reuse the tables of the previous run"
+    )
+    prof.set_defaults(func=cmd_profile)
+
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
