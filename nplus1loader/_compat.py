@@ -209,23 +209,34 @@ def is_deleted(state: InstanceState[Any]) -> bool:
     return bool(state._deleted)
 
 
-def touched_expired_key() -> str | None:
-    """The attribute whose access is refreshing expired columns.
+def refresh_trigger(state: InstanceState[Any]) -> tuple[str | None, bool]:
+    """Which attribute of ``state`` is being read while its expired columns
+    refresh, and whether user code read it (``obj.name``) rather than
+    SQLAlchemy itself (a flush reading the primary key, a lazy load reading
+    a foreign key).  ``(None, False)`` when the refresh did not start from
+    an attribute of ``state`` (an identity-map lookup refreshing a
+    many-to-one's target).
 
     SQLAlchemy's expired-attribute loader is told which keys to refresh but
-    not which one was touched; the attribute machinery one frame above
-    (``_fire_loader_callables(state, key, passive)``) knows it.  Only used to
-    name the attribute in an error message.
+    not which one was read; the attribute machinery a few frames above knows
+    it: ``_fire_loader_callables(state, key, passive)``, called by the
+    attribute's ``get()``, called by the descriptor's ``__get__`` when user
+    code reads the attribute (the same chain in 2.0 and 2.1).
     """
     frame = sys._getframe(1)
-    for _ in range(12):
+    for _ in range(8):
         if frame is None:
             break
         if frame.f_code.co_name == "_fire_loader_callables":
+            if frame.f_locals.get("state") is not state:
+                return None, False
             key = frame.f_locals.get("key")
-            return key if isinstance(key, str) else None
+            getter = frame.f_back
+            caller = getter.f_back if getter is not None else None
+            by_user = caller is not None and caller.f_code.co_name == "__get__"
+            return (key if isinstance(key, str) else None), by_user
         frame = frame.f_back
-    return None
+    return None, False
 
 
 def loader_criteria(context: Any) -> tuple[Any, ...]:

@@ -31,6 +31,7 @@ from . import _compat
 from ._batch import _KEYS_PARAM, DEFAULT_CHUNK_SIZE, _chunks, _key_filter, _key_values
 from ._logging import find_call_site, log_batch
 from ._modes import RAISE, WARN, effective_mode, warn_at_call_site
+from ._peers import ArmedLoader
 from ._stats import record_batch
 from .exc import LazyLoadingAttributeError
 
@@ -42,12 +43,22 @@ class Profile:
     hooks to put back after an expire and how to refresh expired columns.
     """
 
-    __slots__ = ("chunk_size", "loaders", "refresh_mode")
+    __slots__ = ("chunk_size", "loaders", "raise_keys", "refresh_mode")
 
     def __init__(self, refresh_mode: str | None, chunk_size: int | None) -> None:
         self.refresh_mode = refresh_mode
         self.chunk_size = chunk_size
         self.loaders: dict[str, Any] = {}
+        # In raise mode, the expired columns that raise when user code
+        # touches them: the named ones of a named option; None for a
+        # wildcard: every column, the primary key included (reading ``obj.id``
+        # of each object after a commit is one refresh per object too).
+        self.raise_keys: frozenset[str] | None = None
+
+    def raises_for(self, mapper: Mapper[Any], key: str) -> bool:
+        if self.raise_keys is not None:
+            return key in self.raise_keys
+        return isinstance(mapper.attrs.get(key), ColumnProperty)
 
 
 def profile_for(
@@ -125,19 +136,15 @@ class BatchRefresh:
             return self.original(state, toload, passive)
         mode = effective_mode(profile.refresh_mode)
         model = mapper.class_.__name__
-        touched = _compat.touched_expired_key() or columns[0]
         if mode == RAISE:
-            if passive & PassiveFlag.NO_RAISE:
-                # SQLAlchemy's own bookkeeping (a delete cascade reading the
-                # key to find the children): raiseload never raises there.
-                return self.original(state, toload, passive)
-            raise LazyLoadingAttributeError(model, touched)
+            return self._raise_or_refresh(profile, state, toload, passive)
         peers = expired_peers(session, state, set(toload))
         if len(peers) < 2:
-            return self.original(state, toload, passive)
+            return self._refresh_alone(profile, state, toload, passive)
         site = find_call_site()
         with session.no_autoflush:
             queries = refresh_columns(session, mapper, peers, columns, profile.chunk_size)
+        touched = _compat.refresh_trigger(state)[0] or columns[0]
         record_batch(session, len(peers), queries)
         log_batch(model, touched, len(peers), site)
         if mode == WARN:
@@ -147,6 +154,48 @@ class BatchRefresh:
             # Its row is gone: the stock refresh raises ObjectDeletedError.
             return self.original(state, toload, passive)
         return None
+
+    def _refresh_alone(
+        self, profile: Profile, state: InstanceState[Any], toload: set[str], passive: PassiveFlag
+    ) -> Any:
+        """No peer: SQLAlchemy refreshes the instance itself, replaying the
+        options of the query that *first* loaded it (so a ``joinedload()``
+        comes back in the same SELECT).  An nplus1 option among them would
+        arm the instance as that first query did; the latest arming query
+        decides, so its profile and hooks are put back afterwards."""
+        try:
+            return self.original(state, toload, passive)
+        finally:
+            if _compat.get_profile(state) is not profile:
+                _compat.set_profile(state, profile)
+            callables = _compat.state_callables(state)
+            for key in toload:
+                mine = profile.loaders.get(key)
+                hook = callables.get(key)
+                if hook is mine or not isinstance(hook, ArmedLoader):
+                    continue
+                if mine is None:
+                    del callables[key]
+                elif key not in state.dict:
+                    callables[key] = mine
+
+    def _raise_or_refresh(
+        self, profile: Profile, state: InstanceState[Any], toload: set[str], passive: PassiveFlag
+    ) -> Any:
+        """Raise mode: user code reading a covered expired column raises;
+        SQLAlchemy's own reads (a flush reading the primary key for its
+        UPDATE, a lazy load reading a foreign key, the identity-map lookup of
+        a many-to-one refreshing its target, cascades under NO_RAISE) refresh
+        the stock way, as they would under SQLAlchemy's own raiseload."""
+        touched, by_user = _compat.refresh_trigger(state)
+        if (
+            touched is None
+            or not by_user
+            or passive & PassiveFlag.NO_RAISE
+            or not profile.raises_for(state.mapper, touched)
+        ):
+            return self.original(state, toload, passive)
+        raise LazyLoadingAttributeError(state.mapper.class_.__name__, touched)
 
 
 def _loadable_expired(state: InstanceState[Any]) -> frozenset[str]:

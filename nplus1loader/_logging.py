@@ -32,6 +32,19 @@ class CallSite:
         return f"{self.filename}:{self.lineno} in {self.function}()"
 
 
+#: Code objects with made-up file names that are not user code: the import
+#: system's, and the wrappers SQLAlchemy generates for its decorators
+#: ("<sqlalchemy generated warned() wrapper for ...>").
+_GENERATED_PREFIXES = ("<frozen", "<sqlalchemy")
+
+
+def is_internal(filename: str) -> bool:
+    """True for code of nplus1loader, SQLAlchemy or the interpreter."""
+    return filename.startswith(_GENERATED_PREFIXES) or os.path.abspath(filename).startswith(
+        _SKIPPED_DIRS
+    )
+
+
 def find_call_site() -> CallSite | None:
     """The innermost frame outside nplus1loader and SQLAlchemy.
 
@@ -40,9 +53,9 @@ def find_call_site() -> CallSite | None:
     """
     frame = sys._getframe(1)
     while frame is not None:
-        filename = os.path.abspath(frame.f_code.co_filename)
-        if not filename.startswith(_SKIPPED_DIRS) and not filename.startswith("<frozen"):
-            return CallSite(filename, frame.f_lineno, frame.f_code.co_name)
+        filename = frame.f_code.co_filename
+        if not is_internal(filename):
+            return CallSite(os.path.abspath(filename), frame.f_lineno, frame.f_code.co_name)
         frame = frame.f_back
     return None
 

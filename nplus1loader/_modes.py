@@ -22,7 +22,7 @@ import warnings
 
 from sqlalchemy.exc import ArgumentError
 
-from ._logging import _SKIPPED_DIRS
+from ._logging import is_internal
 from .exc import NPlusOneWarning
 
 LOAD = "load"
@@ -76,11 +76,8 @@ def warn_at_call_site(message: str) -> None:
     warnings summary and ``-W error`` then point at the loop to fix."""
     stacklevel = 2
     frame = sys._getframe(1)
-    while frame.f_back is not None and _is_internal(frame.f_code.co_filename):
+    while frame.f_back is not None and is_internal(frame.f_code.co_filename):
         frame = frame.f_back
         stacklevel += 1
     warnings.warn(NPlusOneWarning(message), stacklevel=stacklevel)
 
-
-def _is_internal(filename: str) -> bool:
-    return os.path.abspath(filename).startswith(_SKIPPED_DIRS) or filename.startswith("<frozen")

@@ -192,6 +192,11 @@ class ArmOption(LoaderOption):
         """Mark the primary-key column of each mapper as this option's
         anchor, so every instance the query returns is remembered as armed
         (expired columns are refreshed in batches after a commit)."""
+        raise_keys = None
+        if self.mode == RAISE and "*" not in self.names:
+            # A named raise option raises for the expired columns it names,
+            # not for every column of the instance.
+            raise_keys = frozenset(self.names) | frozenset(key for _, key in self.bound)
         seen: set[int] = set()
         for candidate in mapper.self_and_descendants:
             prop = candidate.get_property_by_column(candidate.primary_key[0])
@@ -210,6 +215,7 @@ class ArmOption(LoaderOption):
                 self.nested,
                 self.chunk_size,
                 anchor=True,
+                raise_keys=raise_keys,
             )
 
     def _props_for(self, mapper: Mapper[Any], entity: Any) -> list[tuple[Any, bool]]:

@@ -126,6 +126,10 @@ class ArmedLoader:
                 return LoaderCallableStatus.ATTR_EMPTY
             if not passive & PassiveFlag.SQL_OK:
                 return LoaderCallableStatus.PASSIVE_NO_RESULT
+            if passive & PassiveFlag.NO_RAISE:
+                # SQLAlchemy's own bookkeeping (a flush reading a foreign key
+                # for the history of a many-to-one): load it, never raise.
+                return self._stock(state, passive)
             raise LazyLoadingAttributeError(state.class_.__name__, self.key)
         # The raising relationship strategy applies SQLAlchemy's own rules of
         # when a lazy="raise" relationship raises (never during flush or

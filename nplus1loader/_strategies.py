@@ -58,6 +58,7 @@ class ArmedElement:
         "local_opts",
         "mode",
         "nested",
+        "raise_keys",
         "strategy",
         "underlying",
         "wild",
@@ -79,8 +80,10 @@ class ArmedElement:
         nested: bool,
         chunk_size: int | None,
         anchor: bool = False,
+        raise_keys: frozenset[str] | None = None,
     ) -> None:
         self.anchor = anchor
+        self.raise_keys = raise_keys
         self.strategy = strategy
         self.mode = mode
         self.wild = wild
@@ -100,6 +103,7 @@ class ArmedElement:
             self.nested,
             self.chunk_size,
             self.anchor,
+            self.raise_keys,
         )
 
     def _to_option_method_string(self) -> str:
@@ -218,6 +222,7 @@ def _remember_armed(
     even when nothing on it was left unloaded (for expired columns)."""
     profile = profile_for(context, path, mapper, loadopt.mode, loadopt.chunk_size)
     profile.refresh_mode = loadopt.mode
+    profile.raise_keys = loadopt.raise_keys
     ensure_hooks(mapper)
     remember = profile_populator(profile)
     populators["new"].append((loadopt_key(mapper), remember))

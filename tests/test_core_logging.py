@@ -121,3 +121,25 @@ def test_no_record_without_a_batch(
     with pytest.raises(Exception, match="not available due to raiseload"):
         raising[0].articles  # noqa: B018
     assert batch_records(caplog) == []
+
+
+def test_a_batch_started_by_a_flush_points_at_the_flush(
+    engine: Engine, session: Session, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The flush reads the expired primary keys of the changed users for its
+    UPDATEs: one batch refresh, reported at the user's ``flush()`` line, not
+    in the wrapper SQLAlchemy generates around ``Session._flush``."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    users = load(session, "scalars", User, nplus1loader("*"))
+    session.commit()
+    for user in users:
+        user.email = f"changed-{id(user)}@example.com"
+    with QueryCounter(engine) as q:
+        line = sys._getframe().f_lineno + 1
+        session.flush()
+    assert q.count == 2  # the batch refresh, then the UPDATEs (one executemany)
+    [record] = batch_records(caplog)
+    site = f"{HERE}:{line} in test_a_batch_started_by_a_flush_points_at_the_flush()"
+    assert record.__dict__["nplus1_call_site"] == site
+    assert record.__dict__["nplus1_instances"] == USERS
+    session.rollback()

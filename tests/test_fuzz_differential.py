@@ -41,10 +41,8 @@ loaded (a batch may load it as a peer before the delete is flushed, stock
 lazy loading never does).
 
 The arming model (:class:`ArmModel`) is the specification of which instance
-raises or batches for which attribute.  Where the library deviates from it
-(open bugs, reported), the model mirrors the library behind a ``KNOWN_*``
-switch and a strict-xfail test pins the bug.  Cases the fuzzer found are
-replayed as regular tests (``FOUND``).
+raises or batches for which attribute.  Cases the fuzzer found are replayed
+as regular tests (``FOUND`` and the tests after it).
 
 Example counts: a bounded number per database in CI (``nplus1-ci``/
 ``nplus1-dev`` profiles); ``--hypothesis-profile=nplus1-long`` runs the
@@ -88,34 +86,6 @@ CI_EXAMPLES = 60
 
 MAX_OPS = 30
 
-KNOWN_NAMED_RAISE_REFRESH_ALL = True
-"""Known library bug (see test_named_raiseload_col_raises_only_for_named_after_commit):
-after an expire, an instance loaded with ``raiseload_col('bio')`` raises
-for *every* expired column, not only the named one.  The model mirrors it
-while the bug is open; set to False once fixed."""
-
-
-KNOWN_REFRESH_REARMS_FROM_FIRST_QUERY = True
-"""Known library bug (see test_latest_query_decides_the_mode_after_refresh):
-when SQLAlchemy refreshes one instance by itself (a batch refresh with no
-peer, an internal read), it replays the options of the query that *first*
-loaded the instance, and the nplus1 option among them re-arms it, though a
-later query armed it differently.  The model mirrors it (listening to the
-``refresh`` event); set to False once fixed."""
-
-KNOWN_RAISE_ON_INTERNAL_READS = True
-"""Known library bug (see test_internal_reads_after_commit_of_raise_armed_instance):
-after an expire, SQLAlchemy's own reads of an expired column of an instance
-armed by a raise option raise too, e.g. the primary key a flush needs for
-the UPDATE of a changed instance, or the refresh of the expired target of
-a stock many-to-one lazy load (whose error then names the wrong class:
-"Author.author").  While it is open, an unpredicted LazyLoadingAttributeError
-with such an instance in the session ends the program (N's session may be
-broken from there on).  Set to False once fixed."""
-
-
-class Stop(Exception):
-    """Ends a program early (see KNOWN_RAISE_ON_INTERNAL_READS)."""
 
 
 def note_event(text: str) -> None:
@@ -516,34 +486,12 @@ class ArmModel:
         anchor = "cols" in kinds or mode != "raise"
         if anchor or armed:
             raise_keys = None
-            if mode == "raise" and "*" not in opt.names and not KNOWN_NAMED_RAISE_REFRESH_ALL:
+            if mode == "raise" and "*" not in opt.names:
                 raise_keys = frozenset(cover)
             arm.profile = Profile(
                 {k: (m, opt.nested) for k, m in cover.items()},
                 mode if anchor else None,
                 raise_keys,
-            )
-
-    def stock_refreshed(self, state: InstanceState[Any], only: set[str]) -> None:
-        """SQLAlchemy refreshed ``only`` on ``state`` by itself, replaying the
-        options of the query that first loaded it (``state.load_options``).
-        Mirrors KNOWN_REFRESH_REARMS_FROM_FIRST_QUERY: the nplus1 option
-        among them arms the relationships refreshed (they stay unloaded) and,
-        with the primary key among them, replaces the profile."""
-        opt = self.first.get(state)
-        if not KNOWN_REFRESH_REARMS_FROM_FIRST_QUERY or opt is None or not opt.func:
-            return
-        attrs = ATTRS[state.class_.__name__]
-        kinds, mode = FUNCS[opt.func]
-        cover = {k: m for k, m in covered(opt, state.class_.__name__).items() if k in only}
-        arm = self.arm(state)
-        rels = [k for k in cover if attrs[k].is_rel]
-        for key in rels:
-            arm.hooks[key] = (mode, opt.nested)
-        anchor = ("cols" in kinds or mode != "raise") and pk_keys(state.class_.__name__)[0] in only
-        if anchor or rels:
-            arm.profile = Profile(
-                {k: (mode, opt.nested) for k in rels}, mode if anchor else None, None
             )
 
     def expired(self, state: InstanceState[Any], keys: list[str] | None) -> None:
@@ -699,8 +647,6 @@ class Runner:
     def _on_refresh(self, state: InstanceState[Any], context: Any, keys: Any) -> None:
         if context.refresh_state is None:
             self.populated.add(state)  # an existing instance a query row reached
-        elif context.refresh_state is state and keys:
-            self.model.stock_refreshed(state, set(keys))
 
     def _on_expire(self, state: InstanceState[Any], keys: Any) -> None:
         self.model.expired(state, None if keys is None else list(keys))
@@ -721,8 +667,6 @@ class Runner:
                 self.o.remember()
                 self.catch_up()
                 self.check_invariants()
-        except Stop:
-            pass
         except Divergence as error:
             raise Divergence(f"{error}\n--- steps run:\n" + "\n".join(self.log)) from None
         finally:
@@ -822,10 +766,16 @@ class Runner:
             return "batch", self.batch_peers(state, key)
         if attr.is_rel and state.key is not None and state.session is not None:
             # A stock lazy load reads the relationship's own columns first,
-            # each through its own loader: that one may raise.
+            # each through its own loader: a raise hook on one raises (as
+            # SQLAlchemy's defer(raiseload=True) does).  An expired one is
+            # refreshed: that read is SQLAlchemy's, not the user's.
             attrs = ATTRS[state.class_.__name__]
             for column in attr.local:
-                if column not in state.dict and self.predict(state, attrs[column])[0] == "raise":
+                if (
+                    column not in state.dict
+                    and column not in state.expired_attributes
+                    and self.predict(state, attrs[column])[0] == "raise"
+                ):
                     return "raise", []
         return "stock", []
 
@@ -884,33 +834,10 @@ class Runner:
         """Run a non-touch step in N then O; errors must agree."""
         n = self.in_n(lambda: fn(self.n), effect)
         if isinstance(n.error, LazyLoadingAttributeError):
-            self.tolerate_internal_raise(n)
             self.fail(f"N raised {n.error!r} outside a touch")
         o = self.attempt(self.o, lambda: fn(self.o))
         self.compare_errors(n, o)
         return n, o
-
-    def tolerate_internal_raise(self, n: Outcome) -> None:
-        """End the program on an unpredicted raise that KNOWN_RAISE_ON_INTERNAL_READS
-        explains: some instance is armed to raise for an expired column (a
-        flush, a stock lazy load or a many-to-one's target refresh read it)."""
-        if (
-            KNOWN_RAISE_ON_INTERNAL_READS
-            and isinstance(n.error, LazyLoadingAttributeError)
-            and self.expired_raise_armed()
-        ):
-            note_event("stopped: known bug, raise on internal read")
-            raise Stop
-
-    def expired_raise_armed(self) -> bool:
-        """Is some instance of N armed to raise for an expired column?"""
-        for state in self.n.session.identity_map.all_states():
-            attrs = ATTRS[state.class_.__name__]
-            for key in state.expired_attributes:
-                column = not attrs[key].is_rel and not attrs[key].deferred
-                if column and self.model.refresh_mode(state, key) == "raise":
-                    return True
-        return False
 
     def compare_errors(self, n: Outcome, o: Outcome) -> None:
         if type(n.error) is not type(o.error):
@@ -1032,7 +959,6 @@ class Runner:
                 self.fail(f"{where}: wrong message {n.error}")
             return n
         if isinstance(n.error, LazyLoadingAttributeError):
-            self.tolerate_internal_raise(n)
             self.fail(f"{where}: N raised {n.error!r}, not predicted")
         with self.o.session.no_autoflush:
             o = self.attempt(self.o, lambda: getattr(o_obj, key))
@@ -1197,7 +1123,6 @@ class Runner:
                             lambda n_state=n_state, key=key: getattr(n_state.obj(), key), "hooks"
                         )
                     if n.error is not None:
-                        self.tolerate_internal_raise(n)
                         self.fail(f"catch-up: N cannot load {ident}.{key}: {n.error!r}")
             self.n.remember()
             self.o.remember()
@@ -1290,6 +1215,57 @@ def _graph(**rows: list[dict[str, Any]]) -> Graph:
 
 
 FOUND = {
+    # A flush deleting a review read its foreign key (for the history of the
+    # many-to-one) through the named raise hook, and it raised (fixed: a
+    # raise hook honours NO_RAISE, as lazy="raise" relationships do).
+    "flush-reads-raise-hooked-foreign-key": Program(
+        _graph(review=[{"id": 1, "note_post_id": None, "note_lang": None, "stars": 1}]),
+        (
+            Op("query", ("Review", Opt("raiseload_all", ("note", "note_post_id")), None)),
+            Op("delete", (("Review", 0),)),
+            Op("flush"),
+        ),
+    ),
+    # After commit, a stock lazy load of a relationship the query had
+    # joined-loaded read the expired foreign key of a raise-armed instance,
+    # and the refresh raised "Animal.owner_id" (fixed: only user code
+    # reading an expired column raises).
+    "stock-lazy-load-reads-expired-key-of-raise-armed": Program(
+        _graph(
+            author=[{**AUTHOR_1, "mentor_id": None}],
+            animal=[{"id": 1, "kind": "animal", "name": "animal 1", "owner_id": 1}],
+        ),
+        (
+            Op("query", ("Animal", Opt("raiseload_all", stock=(("joinedload", "owner"),)), None)),
+            Op("commit"),
+            Op("touch", (("Animal", 0), (True, 0))),
+        ),
+    ),
+    # Alone after commit, an instance armed by nplus1loader('*') next to a
+    # joinedload() was refreshed by a column-only SELECT and its owner then
+    # lazy-loaded: 2 statements where stock SQLAlchemy's refresh replays the
+    # joinedload and needs 1 (fixed: a lone instance refreshes the stock way).
+    "lone-refresh-keeps-the-joinedload": Program(
+        _graph(
+            author=[{**AUTHOR_1, "mentor_id": None}],
+            animal=[{"id": 1, "kind": "animal", "name": "animal 1", "owner_id": 1}],
+        ),
+        (
+            Op("query", ("Animal", Opt("nplus1loader", stock=(("joinedload", "owner"),)), None)),
+            Op("commit"),
+            Op("touch", (("Animal", 0), (True, 0))),
+        ),
+    ),
+    # Under raiseload_all('*'), reading each author's primary key after a
+    # commit is one refresh per author: it raises, like any other column.
+    "loop-over-expired-primary-key-raises": Program(
+        _graph(author=[{**AUTHOR_1, "mentor_id": None}, {**AUTHOR_1, "id": 2, "mentor_id": None}]),
+        (
+            Op("query", ("Author", Opt("raiseload_all"), None)),
+            Op("commit"),
+            Op("loop", ("Author", "id")),
+        ),
+    ),
     # A delete cascade after commit read the expired key of a raise-armed
     # instance, and the batch refresh raised (fixed: raiseload never raises
     # for SQLAlchemy's own NO_RAISE bookkeeping).
@@ -1350,10 +1326,8 @@ def test_found_case(engine: Engine, program: Program) -> None:
     run_program(engine, program)
 
 
-# ============================================================ open bugs
-# Found by the fuzzer, not fixed yet (reported); the fuzzer's model mirrors
-# them (KNOWN_* above).  strict xfail: a fix turns these red, as a reminder
-# to drop the xfail and the KNOWN_* switch.
+# ============================================================ fixed bugs
+# Found by the fuzzer and fixed: raise mode after an expire.
 
 THREE_AUTHORS = _graph(
     author=[{**AUTHOR_1, "id": i, "name": f"author {i}", "mentor_id": None} for i in (1, 2, 3)],
@@ -1374,11 +1348,6 @@ def _authors(session: Session, option: Any, upto: int = 3) -> list[Any]:
     return list(session.scalars(stmt))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=LazyLoadingAttributeError,
-    reason="open bug: after expire, raiseload_col('bio') raises for every expired column",
-)
 def test_named_raiseload_col_raises_only_for_named_after_commit(engine: Engine) -> None:
     load_graph(engines_for(engine), THREE_AUTHORS)
     expected = _stock_names(engine)
@@ -1390,11 +1359,6 @@ def test_named_raiseload_col_raises_only_for_named_after_commit(engine: Engine) 
         assert {a.id: a.name for a in authors} == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=LazyLoadingAttributeError,
-    reason="open bug: after expire, SQLAlchemy's own reads of a raise-armed instance raise",
-)
 @pytest.mark.parametrize(
     "action",
     ["flush-an-update", "lazy-load-unarmed-relationship", "many-to-one-to-expired-target"],
@@ -1427,22 +1391,14 @@ def test_internal_reads_after_commit_of_raise_armed_instance(engine: Engine, act
 
 def _stock_names_in(session: Session) -> dict[int, str]:
     author = NPLUS1_ZOO["Author"]
-    return dict(session.execute(select(author.id, author.name)).tuples().all())
+    return {row[0]: row[1] for row in session.execute(select(author.id, author.name))}
 
 
 @pytest.mark.parametrize(
     "peers",
     [
         pytest.param(2, id="batch-refresh"),
-        pytest.param(
-            1,
-            id="single-refresh",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=LazyLoadingAttributeError,
-                reason="open bug: a lone refresh re-arms from the first query's options",
-            ),
-        ),
+        pytest.param(1, id="single-refresh"),
     ],
 )
 def test_latest_query_decides_the_mode_after_refresh(engine: Engine, peers: int) -> None:
