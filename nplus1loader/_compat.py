@@ -180,21 +180,34 @@ def set_class_manager_expired_loader(manager: Any, loader: Any) -> None:
     manager.expired_attribute_loader = loader
 
 
-_PROFILE_KEY = "_nplus1loader_profile"
+#: Where an instance's arming profile is kept: the state's own ``__dict__``
+#: (InstanceState has one, SQLAlchemy memoizes there too), so it lives and
+#: dies with the instance, survives ``expire()``, and is never pickled
+#: (``InstanceState.__getstate__`` picks its keys).
+PROFILE_KEY = "_nplus1loader_profile"
 
 
 def get_profile(state: InstanceState[Any]) -> Any:
-    """The arming profile an nplus1 query left on this instance, if any.
-
-    Kept in the state's own ``__dict__`` (InstanceState has one, SQLAlchemy
-    memoizes there too): it lives and dies with the instance, survives
-    ``expire()``, and is never pickled (``__getstate__`` picks its keys).
-    """
-    return state.__dict__.get(_PROFILE_KEY)
+    """The arming profile an nplus1 query left on this instance, if any."""
+    return state.__dict__.get(PROFILE_KEY)
 
 
 def set_profile(state: InstanceState[Any], profile: Any) -> None:
-    state.__dict__[_PROFILE_KEY] = profile
+    state.__dict__[PROFILE_KEY] = profile
+
+
+def class_level_loader(mapper: Any, key: str) -> Any:
+    """The loader SQLAlchemy calls for an unloaded ``key`` of ``mapper``'s
+    instances that have no per-instance hook (``_AttributeImpl.callable_``,
+    set by the default strategy: a lazy relationship's, a deferred
+    column's), or None."""
+    attribute = mapper.class_manager.get(key)
+    return None if attribute is None else attribute.impl.callable_
+
+
+def set_class_level_loader(mapper: Any, key: str, loader: Any) -> None:
+    mapper.class_manager[key].impl.callable_ = loader
+
 
 
 def install_callable(state: InstanceState[Any], key: str, loader: Any) -> None:

@@ -2,12 +2,13 @@
 
 After ``session.commit()`` (``expire_on_commit=True``) SQLAlchemy expires
 every instance and drops their per-instance hooks; reading an attribute then
-refreshes that one instance: one query per object in a loop.  Two hooks keep
-armed instances armed:
+refreshes that one instance: one query per object in a loop.  Armed
+instances stay armed:
 
-* every instance an nplus1 query loads carries a :class:`Profile` (what that
-  query armed on it); an ``expire`` event listener puts the armed
-  relationship and deferred-column hooks back;
+* their :class:`~nplus1loader._arming.Profile` survives the expire, and
+  with it the class-level dispatch of their lazy relationships and
+  deferred columns; an ``expire`` listener puts back the few per-instance
+  hooks an expire drops;
 * the class manager's ``expired_attribute_loader`` (the per-class function
   SQLAlchemy calls to refresh expired columns) is wrapped so that touching
   an expired column on one armed instance refreshes the same columns of
@@ -31,83 +32,47 @@ from . import _compat
 from ._batch import _KEYS_PARAM, DEFAULT_CHUNK_SIZE, _chunks, _key_filter, _key_values
 from ._logging import find_call_site, log_batch
 from ._modes import RAISE, WARN, effective_mode, warn_at_call_site
-from ._peers import ArmedLoader
 from ._stats import record_batch
 from .exc import LazyLoadingAttributeError
 
-
-class Profile:
-    """What one query armed on the instances of one mapper at one path.
-
-    Shared by all those instances (one reference each), it remembers the
-    hooks to put back after an expire and how to refresh expired columns.
-    """
-
-    __slots__ = ("chunk_size", "loaders", "raise_keys", "refresh_mode")
-
-    def __init__(self, refresh_mode: str | None, chunk_size: int | None) -> None:
-        self.refresh_mode = refresh_mode
-        self.chunk_size = chunk_size
-        self.loaders: dict[str, Any] = {}
-        # In raise mode, the expired columns that raise when user code
-        # touches them: the named ones of a named option; None for a
-        # wildcard: every column, the primary key included (reading ``obj.id``
-        # of each object after a commit is one refresh per object too).
-        self.raise_keys: frozenset[str] | None = None
-
-    def raises_for(self, mapper: Mapper[Any], key: str) -> bool:
-        if self.raise_keys is not None:
-            return key in self.raise_keys
-        return isinstance(mapper.attrs.get(key), ColumnProperty)
-
-
-def profile_for(
-    context: Any, path: Any, mapper: Mapper[Any], mode: str, chunk_size: int | None
-) -> Profile:
-    """The profile of this query execution for this path and mapper."""
-    key = ("nplus1loader.profile", _compat.natural_path(path), mapper)
-    found = context.attributes.get(key)
-    if found is None:
-        # The refresh mode is the anchor's to set (see _strategies); until
-        # then expired columns refresh the stock way.
-        found = context.attributes[key] = Profile(None, chunk_size)
-    return found
-
-
-def profile_populator(profile: Profile) -> Any:
-    def remember(state: InstanceState[Any], dict_: Any, row: Any) -> None:
-        _compat.set_profile(state, profile)
-
-    return remember
-
-
 # ---------------------------------------------------------------- hooks
+# Once per mapper, like SQLAlchemy's own event registry: mappers live as
+# long as the process (a WeakSet so that a test's throwaway mappers go).
 
-_hooked: weakref.WeakSet[Mapper[Any]] = weakref.WeakSet()
+_refreshing: weakref.WeakSet[Mapper[Any]] = weakref.WeakSet()
+_listening: weakref.WeakSet[Mapper[Any]] = weakref.WeakSet()
 
 
-def ensure_hooks(mapper: Mapper[Any]) -> None:
-    """Install the expire listener and the batch refresh on ``mapper``
-    (once; mapper configuration, like SQLAlchemy's own event registry)."""
-    if mapper in _hooked:
+def ensure_refresh_hook(mapper: Mapper[Any]) -> None:
+    """Batch the refresh of expired columns of ``mapper``'s armed instances."""
+    if mapper in _refreshing:
         return
-    _hooked.add(mapper)
-    event.listen(mapper, "expire", _on_expire, raw=True)
+    _refreshing.add(mapper)
     manager = mapper.class_manager
     original = _compat.class_manager_expired_loader(manager)
     if not isinstance(original, BatchRefresh):
         _compat.set_class_manager_expired_loader(manager, BatchRefresh(mapper, original))
 
 
+def ensure_expire_listener(mapper: Mapper[Any]) -> None:
+    """Put per-instance hooks back after an expire, which drops them (only
+    needed where an armed attribute has no class-level loader)."""
+    if mapper in _listening:
+        return
+    _listening.add(mapper)
+    event.listen(mapper, "expire", _on_expire, raw=True)
+
+
 def _on_expire(state: InstanceState[Any], attrs: Iterable[str] | None) -> None:
     profile = _compat.get_profile(state)
-    if profile is None or not profile.loaders:
+    if profile is None or not profile.instance_hooks:
         return
-    keys = profile.loaders if attrs is None else [k for k in attrs if k in profile.loaders]
+    hooks = profile.instance_hooks
+    keys = hooks if attrs is None else [k for k in attrs if k in hooks]
     dict_ = state.dict
     for key in keys:
         if key not in dict_:
-            _compat.install_callable(state, key, profile.loaders[key])
+            _compat.install_callable(state, key, hooks[key])
 
 
 class BatchRefresh:
@@ -156,7 +121,7 @@ class BatchRefresh:
         return None
 
     def _refresh_alone(
-        self, profile: Profile, state: InstanceState[Any], toload: set[str], passive: PassiveFlag
+        self, profile: Any, state: InstanceState[Any], toload: set[str], passive: PassiveFlag
     ) -> Any:
         """No peer: SQLAlchemy refreshes the instance itself, replaying the
         options of the query that *first* loaded it (so a ``joinedload()``
@@ -170,9 +135,9 @@ class BatchRefresh:
                 _compat.set_profile(state, profile)
             callables = _compat.state_callables(state)
             for key in toload:
-                mine = profile.loaders.get(key)
+                mine = profile.instance_hooks.get(key)
                 hook = callables.get(key)
-                if hook is mine or not isinstance(hook, ArmedLoader):
+                if hook is mine or not getattr(hook, "is_nplus1_loader", False):
                     continue
                 if mine is None:
                     del callables[key]
@@ -180,7 +145,7 @@ class BatchRefresh:
                     callables[key] = mine
 
     def _raise_or_refresh(
-        self, profile: Profile, state: InstanceState[Any], toload: set[str], passive: PassiveFlag
+        self, profile: Any, state: InstanceState[Any], toload: set[str], passive: PassiveFlag
     ) -> Any:
         """Raise mode: user code reading a covered expired column raises;
         SQLAlchemy's own reads (a flush reading the primary key for its

@@ -17,6 +17,7 @@ from sqlalchemy.orm import LoaderCallableStatus, PassiveFlag
 from sqlalchemy.orm.state import InstanceState
 
 from . import _compat
+from ._arming import armed_loader
 from ._batch import bulk_load_attribute_for_instance_states
 from ._logging import find_call_site, log_batch
 from ._modes import LOAD, RAISE, WARN, effective_mode, warn_at_call_site
@@ -57,8 +58,22 @@ class ArmedLoader:
         # only instances armed under the very same options are peers.
         self.criteria = criteria
 
+    #: How the arming machinery tells our hooks from SQLAlchemy's.
+    is_nplus1_loader = True
+
     def __repr__(self) -> str:
         return f"<ArmedLoader {self.prop} mode={self.mode}>"
+
+    def batches_with(self, other: ArmedLoader, raise_hooks_load: bool) -> bool:
+        """Whether instances armed with this loader are peers of ``other``'s:
+        the same attribute, in load mode, under the very same loader
+        criteria options (stock lazy loads would apply them)."""
+        return (
+            (raise_hooks_load or self.mode != RAISE)
+            and self.prop is other.prop
+            and len(self.criteria) == len(other.criteria)
+            and all(a is b for a, b in zip(self.criteria, other.criteria, strict=True))
+        )
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A pickled instance comes back without its peers: restore it with
@@ -164,33 +179,31 @@ class StockLoader:
         return _compat.load_for_state(stock, state, passive)
 
 
-def is_armed_for_load(
-    state: InstanceState[Any], loader: ArmedLoader, raise_hooks_load: bool = False
-) -> bool:
-    hook = state.callables.get(loader.key)
-    return (
-        isinstance(hook, ArmedLoader)
-        and (raise_hooks_load or hook.mode != RAISE)
-        and hook.prop is loader.prop
-        and len(hook.criteria) == len(loader.criteria)
-        and all(a is b for a, b in zip(hook.criteria, loader.criteria, strict=True))
-    )
-
-
 def armed_peers(
     session: Any, trigger: InstanceState[Any], loader: ArmedLoader
 ) -> list[InstanceState[Any]]:
     """The trigger first, then every other persistent instance of the session
-    that is armed (in load mode) for the same attribute and still lacks it."""
+    that is armed (in load mode) for the same attribute and still lacks it.
+
+    One pass over the identity map, with the verdict on each distinct
+    loader found cached: the instances one query armed share their loader.
+    """
     key = loader.key
     # Under an override to load or warn (NPLUS1LOADER_MODE, the pytest
     # plugin), instances armed by a raise option batch like the others.
     raise_hooks_load = effective_mode(RAISE) != RAISE
+    verdicts: dict[int, bool] = {id(loader): True}
     peers = [trigger]
     for state in _compat.all_states(session):
         if state is trigger or key in state.dict:
             continue
-        if is_armed_for_load(state, loader, raise_hooks_load):
+        hook = armed_loader(state, key)
+        if hook is None:
+            continue
+        verdict = verdicts.get(id(hook))
+        if verdict is None:
+            verdict = verdicts[id(hook)] = hook.batches_with(loader, raise_hooks_load)
+        if verdict:
             peers.append(state)
     return peers
 

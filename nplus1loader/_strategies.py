@@ -22,7 +22,7 @@ from sqlalchemy.orm import ColumnProperty, RelationshipProperty
 from sqlalchemy.util import immutabledict
 
 from . import _compat
-from ._expiry import ensure_hooks, profile_for, profile_populator
+from ._arming import profile_for
 from ._modes import LOAD, RAISE, WARN
 from ._peers import ArmedLoader
 from .exc import LazyLoadingAttributeError
@@ -196,22 +196,15 @@ def _decide(prop: Any, loadopt: Any, attributes: Any, path: Any) -> tuple[bool, 
 
 
 def _install(
-    context: Any, path: Any, mapper: Any, loader: ArmedLoader, loadopt: Any, populators: Any
+    context: Any, path: Any, mapper: Any, loader: ArmedLoader, populators: Any
 ) -> None:
-    """Row populator: hook ``loader`` into each instance and remember, on
-    the instance, what this query armed (so it survives an expire)."""
-    mode = loadopt.mode if isinstance(loadopt, ArmedElement) else loader.mode
-    profile = profile_for(context, path, mapper, mode, loader.chunk_size)
-    profile.loaders[loader.key] = loader
-    ensure_hooks(mapper)
-    install = _compat.instance_callable_installer(mapper.class_manager, loader, loader.key)
-    set_profile = _compat.set_profile
-
-    def arm(state: Any, dict_: Any, row: Any) -> None:
-        set_profile(state, profile)
-        install(state, dict_, row)
-
-    populators["new"].append((loader.key, arm))
+    """Arm ``loader``'s attribute on every instance the rows reach: one
+    entry in this query's profile, which the rows carry."""
+    profile = profile_for(context, path, mapper, loader.chunk_size, populators)
+    if profile.arm(mapper, loader) and (context.populate_existing or mapper.always_refresh):
+        # Dispatched at class level, like SQLAlchemy's own lazy loader:
+        # populate_existing() only needs to drop a loaded value.
+        populators["expire"].append((loader.key, False))
 
 
 def _remember_armed(
@@ -220,17 +213,9 @@ def _remember_armed(
     """The anchor (primary key column) of an nplus1 query: every instance
     the query returns, new or already in the session, carries its profile,
     even when nothing on it was left unloaded (for expired columns)."""
-    profile = profile_for(context, path, mapper, loadopt.mode, loadopt.chunk_size)
+    profile = profile_for(context, path, mapper, loadopt.chunk_size, populators)
     profile.refresh_mode = loadopt.mode
     profile.raise_keys = loadopt.raise_keys
-    ensure_hooks(mapper)
-    remember = profile_populator(profile)
-    populators["new"].append((loadopt_key(mapper), remember))
-    populators["eager"].append((loadopt_key(mapper), remember))
-
-
-def loadopt_key(mapper: Any) -> str:
-    return mapper.get_property_by_column(mapper.primary_key[0]).key
 
 
 def _mode_of(loadopt: Any, strategy_mode: str) -> str:
@@ -295,7 +280,7 @@ class ArmedRelationshipLoader(_compat.LazyLoader):  # type: ignore[misc]
             loadopt.chunk_size,
             _compat.loader_criteria(context),
         )
-        _install(context, path, mapper, loader, loadopt, populators)
+        _install(context, path, mapper, loader, populators)
 
 
 @ColumnProperty.strategy_for(nplus1loader=LOAD)
@@ -391,7 +376,7 @@ class ArmedColumnLoader(_compat.DeferredColumnLoader):  # type: ignore[misc]
             chunk,
             _compat.loader_criteria(context),
         )
-        _install(context, path, mapper, loader, loadopt, populators)
+        _install(context, path, mapper, loader, populators)
 
 
 for _mode, _key in REL_KEYS.items():
