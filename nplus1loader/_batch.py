@@ -9,30 +9,32 @@ dirty), and the session does not autoflush while it runs.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, inspect, select, tuple_
+from sqlalchemy import Integer, TypeDecorator, Uuid, select
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import (
     ColumnProperty,
-    LoaderCallableStatus,
     Mapper,
-    PassiveFlag,
+    RelationshipDirection,
     RelationshipProperty,
     Session,
     aliased,
 )
+from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.interfaces import ORMOption
 from sqlalchemy.orm.state import InstanceState
 
 from . import _compat
+from ._keys import DEFAULT_CHUNK_SIZE, KEYS_PARAM, chunks, key_filter, key_values
 
-DEFAULT_CHUNK_SIZE = 500
-"""Instances per query; the same default as SQLAlchemy's ``selectinload``."""
-
-_KEYS_PARAM = "nplus1loader_keys"
-
-__all__ = ["DEFAULT_CHUNK_SIZE", "bulk_load_attribute_for_instance_states"]
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "BatchResult",
+    "bulk_load_attribute_for_instance_states",
+    "load_states",
+]
 
 
 def bulk_load_attribute_for_instance_states(
@@ -58,16 +60,43 @@ def bulk_load_attribute_for_instance_states(
     Returns the number of SQL statements emitted.
     """
     prop = _property(mapper, attr_name)
+    size = checked_chunk_size(chunk_size)
+    wanted = [s for s in _unique(states) if needs_load(session, s, prop)]
+    if not wanted:
+        return 0
+    return load_states(session, prop, wanted, size, options).statements
+
+
+@dataclass
+class BatchResult:
+    """What one batch load did: ``statements`` emitted, and ``stock``, the
+    statements stock lazy loading would have emitted for the same states,
+    one instance after the other."""
+
+    statements: int
+    stock: int
+
+
+def load_states(
+    session: Session,
+    prop: Any,
+    states: list[InstanceState[Any]],
+    size: int,
+    options: Sequence[ORMOption],
+) -> BatchResult:
+    """The batch itself, for states already known to need ``prop`` (see
+    :func:`needs_load`; nplus1loader's peer search checks the same)."""
+    with session.no_autoflush:
+        if isinstance(prop, ColumnProperty):
+            return _load_columns(session, prop, states, size, options)
+        return _load_relationship(session, prop, states, size, options)
+
+
+def checked_chunk_size(chunk_size: int | None) -> int:
     size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ArgumentError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    wanted = [s for s in _unique(states) if _needs_load(session, s, prop)]
-    if not wanted:
-        return 0
-    with session.no_autoflush:
-        if isinstance(prop, ColumnProperty):
-            return _load_columns(session, prop, wanted, size, options)
-        return _load_relationship(session, prop, wanted, size, options)
+    return size
 
 
 def _property(mapper: Mapper[Any], attr_name: str) -> Any:
@@ -75,9 +104,7 @@ def _property(mapper: Mapper[Any], attr_name: str) -> Any:
         raise ArgumentError(f"expected a Mapper, got {mapper!r}")
     prop = mapper.attrs.get(attr_name)
     if prop is None:
-        raise ArgumentError(
-            f"{mapper.class_.__name__} has no mapped attribute {attr_name!r}"
-        )
+        raise ArgumentError(f"{mapper.class_.__name__} has no mapped attribute {attr_name!r}")
     if not isinstance(prop, ColumnProperty | RelationshipProperty):
         raise ArgumentError(
             f"{mapper.class_.__name__}.{attr_name} is neither a column nor a relationship; "
@@ -94,17 +121,18 @@ def _unique(states: Iterable[InstanceState[Any]]) -> Iterator[InstanceState[Any]
             yield state
 
 
-def _needs_load(session: Session, state: InstanceState[Any], prop: Any) -> bool:
+def needs_load(session: Session, state: InstanceState[Any], prop: Any) -> bool:
+    """Persistent in ``session``, of ``prop``'s mapper, and lacking it."""
     return (
         state.key is not None
         and state.session_id == session.hash_key
         and not state.deleted
         and state.mapper.isa(prop.parent)
-        and _lacks(state, prop)
+        and lacks(state, prop)
     )
 
 
-def _lacks(state: InstanceState[Any], prop: Any) -> bool:
+def lacks(state: InstanceState[Any], prop: Any) -> bool:
     """True when the batch may set ``prop`` on ``state``: no value, and no
     change in memory.  A collection that a backref appended to while it was
     unloaded holds only queued (pending) changes: setting the loaded value
@@ -115,26 +143,22 @@ def _lacks(state: InstanceState[Any], prop: Any) -> bool:
     return key not in state.committed_state or bool(getattr(prop, "uselist", False))
 
 
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _primary_key_attrs(mapper: Mapper[Any], entity: Any) -> list[Any]:
+    """The primary key as attributes of ``entity``, in identity-key order
+    (the attribute names may differ from the column names)."""
+    return [getattr(entity, mapper.get_property_by_column(col).key) for col in mapper.primary_key]
 
 
-def _key_filter(columns: Sequence[Any]) -> Any:
-    """``pk IN (...)``, or ``(a, b) IN (...)`` for composite keys.
-
-    An expanding bind parameter keeps one compiled statement per attribute
-    whatever the chunk length (SQLAlchemy caches the POSTCOMPILE form).
-    """
-    if len(columns) == 1:
-        return columns[0].in_(bindparam(_KEYS_PARAM, expanding=True))
-    return tuple_(*columns).in_(bindparam(_KEYS_PARAM, expanding=True))
+def _by_identity(chunk: Sequence[InstanceState[Any]], npk: int) -> dict[Any, InstanceState[Any]]:
+    """The chunk's states by identity: the bare value for a one-column key
+    (as a row holds it), the identity tuple otherwise."""
+    if npk == 1:
+        return {s.key[1][0]: s for s in chunk}  # type: ignore[index]
+    return {s.key[1]: s for s in chunk}  # type: ignore[index]
 
 
-def _key_values(identities: Sequence[tuple[Any, ...]]) -> list[Any]:
-    if identities and len(identities[0]) == 1:
-        return [ident[0] for ident in identities]
-    return list(identities)
+def _params(by_identity: dict[Any, Any], npk: int) -> dict[str, Any]:
+    return {KEYS_PARAM: list(by_identity) if npk == 1 else key_values(list(by_identity))}
 
 
 # ---------------------------------------------------------------- columns
@@ -154,7 +178,7 @@ def _load_columns(
     states: list[InstanceState[Any]],
     size: int,
     options: Sequence[ORMOption],
-) -> int:
+) -> BatchResult:
     """SELECT the primary key and the column (or its group) by primary key.
 
     Class-bound attributes, not bare columns, so that the statement is the
@@ -164,36 +188,41 @@ def _load_columns(
     """
     mapper = prop.parent
     entity = mapper.entity
-    group = _column_group(prop)
+    keys = [p.key for p in _column_group(prop)]
     pk_attrs = _primary_key_attrs(mapper, entity)
     stmt = (
-        select(*pk_attrs, *(getattr(entity, p.key) for p in group))
+        select(*pk_attrs, *(getattr(entity, key) for key in keys))
         .select_from(entity)
-        .where(_key_filter(pk_attrs))
+        .where(key_filter(session, mapper, pk_attrs))
         .options(*options)
     )
     npk = len(pk_attrs)
-    impls = [(p.key, states[0].manager[p.key].impl) for p in group]
     statements = 0
-    for chunk in _chunks(states, size):
-        by_identity = {s.key[1]: s for s in chunk}
-        rows = session.execute(stmt, {_KEYS_PARAM: _key_values(list(by_identity))}).all()
+    for chunk in chunks(states, size):
+        by_identity = _by_identity(chunk, npk)
+        result = session.execute(stmt, _params(by_identity, npk))
         statements += 1
-        for row in rows:
-            state = by_identity.get(tuple(row[:npk]))
-            if state is None:
-                continue
-            dict_ = state.dict
-            for offset, (key, impl) in enumerate(impls):
-                if key not in dict_ and key not in state.committed_state:
-                    impl.set_committed_value(state, dict_, row[npk + offset])
-    return statements
+        for row in _compat.result_tuples(result):
+            state = by_identity.get(row[0] if npk == 1 else tuple(row[:npk]))
+            if state is not None:
+                set_committed_columns(state, keys, row, npk)
+    return BatchResult(statements, len(states))
 
 
-def _primary_key_attrs(mapper: Mapper[Any], entity: Any) -> list[Any]:
-    """The primary key as attributes of ``entity``, in identity-key order
-    (the attribute names may differ from the column names)."""
-    return [getattr(entity, mapper.get_property_by_column(col).key) for col in mapper.primary_key]
+def set_committed_columns(
+    state: InstanceState[Any], keys: list[str], row: Any, offset: int
+) -> None:
+    """Store loaded columns as committed state, except those changed in
+    memory meanwhile (the group may hold some)."""
+    dict_ = state.dict
+    committed = state.committed_state
+    loaded = []
+    for position, key in enumerate(keys, offset):
+        if key not in dict_ and key not in committed:
+            dict_[key] = row[position]
+            loaded.append(key)
+    if loaded:
+        _compat.commit_keys(state, loaded)
 
 
 # ---------------------------------------------------------- relationships
@@ -205,17 +234,16 @@ def _load_relationship(
     states: list[InstanceState[Any]],
     size: int,
     options: Sequence[ORMOption],
-) -> int:
-    statements = 0
-    remaining = states
-    strategy = _compat.get_strategy(prop, (("lazy", "select"),))
-    if prop.direction.name == "MANYTOONE" and strategy.use_get:
-        statements, remaining = _load_many_to_one_by_identity(
-            session, prop, strategy, states, size, options
-        )
-    if remaining:
-        statements += _load_through_parent_join(session, prop, remaining, size, options)
-    return statements
+) -> BatchResult:
+    if prop.direction is RelationshipDirection.MANYTOONE:
+        strategy = _compat.get_strategy(prop, (("lazy", "select"),))
+        if strategy.use_get:
+            return _load_many_to_one_by_identity(session, prop, strategy, states, size, options)
+    remote = _omit_join_columns(prop)
+    if remote is not None:
+        return _load_by_foreign_key(session, prop, remote, states, size, options)
+    statements = _load_through_parent_join(session, prop, states, size, options)
+    return BatchResult(statements, len(states))
 
 
 def _load_many_to_one_by_identity(
@@ -225,48 +253,69 @@ def _load_many_to_one_by_identity(
     states: list[InstanceState[Any]],
     size: int,
     options: Sequence[ORMOption],
-) -> tuple[int, list[InstanceState[Any]]]:
+) -> BatchResult:
     """A many-to-one whose foreign key points at the target's primary key:
     read the key from each parent, take hits from the identity map, and
     SELECT the misses by primary key.  Parents whose foreign key is not
-    loaded go back to the caller for the general path."""
+    loaded go through the general path, as does a key without a row."""
     target = prop.mapper
-    impl = states[0].manager[prop.key].impl
+    key = prop.key
+    # The parent attributes holding the target's primary key, in its order.
+    equated = _compat.equated_columns(strategy)
+    fk_keys = [prop.parent.get_property_by_column(equated[pk]).key for pk in target.primary_key]
+    partial_ok = target.allow_partial_pks
     identity_map = session.identity_map
+    identity_key = target.identity_key_from_primary_key
     undecided: list[InstanceState[Any]] = []
     wanted: dict[tuple[Any, ...], list[InstanceState[Any]]] = {}
+    hits: dict[tuple[Any, ...], Any] = {}
     resolved: list[tuple[InstanceState[Any], Any]] = []
     for state in states:
-        ident = _compat.use_get_identity(strategy, session, state, PassiveFlag.PASSIVE_NO_FETCH)
-        if any(v is _NO_RESULT or v is _NEVER_SET for v in ident):
-            undecided.append(state)
+        dict_ = state.dict
+        try:
+            ident = tuple([dict_[k] for k in fk_keys])
+        except KeyError:
+            undecided.append(state)  # its foreign key is not loaded either
             continue
-        if _is_null_identity(target, ident):
+        if (all if partial_ok else any)(v is None for v in ident):
             resolved.append((state, None))
             continue
-        key = tuple(ident)
-        hit = identity_map.get(target.identity_key_from_primary_key(key))
+        if ident in wanted:
+            wanted[ident].append(state)
+            continue
+        hit = hits.get(ident)
+        if hit is None:
+            found = identity_map.get(identity_key(ident))
+            if found is not None:
+                found_state = instance_state(found)
+                if (
+                    not found_state.expired
+                    and not found_state.deleted
+                    and found_state.mapper.isa(target)
+                ):
+                    hit = hits[ident] = found
         if hit is not None:
-            hit_state = _instance_state(hit)
-            if not hit_state.expired and not hit_state.deleted and hit_state.mapper.isa(target):
-                resolved.append((state, hit))
-                continue
-        wanted.setdefault(key, []).append(state)
+            resolved.append((state, hit))
+        else:
+            wanted[ident] = [state]
+    # Stock lazy loading: nothing for a NULL key or an identity-map hit, one
+    # query per missing target (it is in the identity map after that), one
+    # per parent whose foreign key is not loaded.
+    stock = len(wanted) + len(undecided)
 
     statements = 0
     if wanted:
         entity = target.entity
-        stmt = select(entity).where(_key_filter(_primary_key_attrs(target, entity)))
-        stmt = stmt.options(*options)
-        found: dict[tuple[Any, ...], Any] = {}
-        keys = list(wanted)
-        for chunk in _chunks(keys, size):
-            result = session.execute(stmt, {_KEYS_PARAM: _key_values(chunk)})
+        pk_attrs = _primary_key_attrs(target, entity)
+        stmt = select(entity).where(key_filter(session, target, pk_attrs)).options(*options)
+        found_by_key: dict[tuple[Any, ...], Any] = {}
+        for chunk in chunks(list(wanted), size):
+            result = session.execute(stmt, {KEYS_PARAM: key_values(chunk)})
             for obj in result.unique().scalars():
-                found[_instance_state(obj).key[1]] = obj
+                found_by_key[instance_state(obj).key[1]] = obj  # type: ignore[index]
             statements += 1
-        for key, parents in wanted.items():
-            value = found.get(key)
+        for ident, parents in wanted.items():
+            value = found_by_key.get(ident)
             if value is None:
                 # No row under exactly this key: a dangling foreign key, a
                 # row filtered out by the options' criteria, or a key the
@@ -278,9 +327,64 @@ def _load_many_to_one_by_identity(
                 resolved.extend((parent, value) for parent in parents)
 
     for state, value in resolved:
-        if _lacks(state, prop):
-            impl.set_committed_value(state, state.dict, value)
-    return statements, undecided
+        if lacks(state, prop):
+            state.manager[key].impl.set_committed_value(state, state.dict, value)
+    if undecided:
+        statements += _load_through_parent_join(session, prop, undecided, size, options)
+    return BatchResult(statements, stock)
+
+
+def _omit_join_columns(prop: RelationshipProperty[Any]) -> list[Any] | None:
+    """For a one-to-many whose join condition is just "the target's foreign
+    key equals the parent's primary key", the foreign-key columns in the
+    order of the parent's primary key: the batch then selects the targets
+    by foreign key, without joining the parent (what ``selectinload`` does).
+    None for every other shape."""
+    if prop.direction is not RelationshipDirection.ONETOMANY or prop.secondary is not None:
+        return None
+    if not _compat.selectin_omits_join(prop):
+        return None
+    if not all(_exact_key_type(remote) for _, remote in prop.local_remote_pairs):
+        return None
+    parent = prop.parent
+    by_key: dict[str, Any] = {}
+    for local, remote in prop.local_remote_pairs:
+        by_key[parent.get_property_by_column(local).key] = remote
+    remote_columns = []
+    for pk in parent.primary_key:
+        remote = by_key.get(parent.get_property_by_column(pk).key)
+        if remote is None:
+            return None
+        remote_columns.append(remote)
+    return remote_columns
+
+
+def _exact_key_type(column: Any) -> bool:
+    """Integer and UUID keys compare exactly everywhere.  Strings do not
+    (MySQL ignores case and trailing spaces): a row's foreign key could then
+    differ from the parent key it matched, so those shapes join the parent."""
+    column_type = column.type
+    return isinstance(column_type, Integer | Uuid) and not isinstance(column_type, TypeDecorator)
+
+
+def _load_by_foreign_key(
+    session: Session,
+    prop: RelationshipProperty[Any],
+    remote: list[Any],
+    states: list[InstanceState[Any]],
+    size: int,
+    options: Sequence[ORMOption],
+) -> BatchResult:
+    """SELECT the targets' foreign key next to the targets, by foreign key."""
+    target = prop.mapper
+    stmt = (
+        select(*remote, prop.entity.entity)
+        .where(key_filter(session, target, remote))
+        .options(*options)
+        .order_by(*(prop.order_by or target.primary_key))
+    )
+    statements = _collect(session, prop, stmt, states, size, len(remote))
+    return BatchResult(statements, len(states))
 
 
 def _load_through_parent_join(
@@ -297,51 +401,42 @@ def _load_through_parent_join(
     parent = prop.parent
     parent_alias = aliased(parent)
     pk_attrs = _primary_key_attrs(parent, parent_alias)
-    target = prop.entity.entity
     stmt = (
-        select(*pk_attrs, target)
+        select(*pk_attrs, prop.entity.entity)
         .join(getattr(parent_alias, prop.key))
-        .where(_key_filter(pk_attrs))
+        .where(key_filter(session, parent, pk_attrs))
         .options(*options)
+        .order_by(*(prop.order_by or prop.mapper.primary_key))
     )
-    if prop.order_by:
-        stmt = stmt.order_by(*prop.order_by)
-    else:
-        stmt = stmt.order_by(*prop.mapper.primary_key)
-    npk = len(pk_attrs)
-    impl = states[0].manager[prop.key].impl
+    return _collect(session, prop, stmt, states, size, len(pk_attrs))
+
+
+def _collect(
+    session: Session,
+    prop: RelationshipProperty[Any],
+    stmt: Any,
+    states: list[InstanceState[Any]],
+    size: int,
+    npk: int,
+) -> int:
+    """Run ``stmt`` (the parent's key, then the target, per row) chunk by
+    chunk and give every parent its targets, in row order."""
+    key = prop.key
+    uselist = prop.uselist
     statements = 0
-    for chunk in _chunks(states, size):
-        by_identity = {s.key[1]: s for s in chunk}
-        collected: dict[tuple[Any, ...], list[Any]] = {ident: [] for ident in by_identity}
-        # unique(): a joined eager load of the targets (a model default of
-        # lazy="joined") repeats rows, which stock lazy loading collapses too.
-        result = session.execute(stmt, {_KEYS_PARAM: _key_values(list(by_identity))})
-        for row in result.unique():
-            bucket = collected.get(tuple(row[:npk]))
+    for chunk in chunks(states, size):
+        by_identity = _by_identity(chunk, npk)
+        collected: dict[Any, list[Any]] = {ident: [] for ident in by_identity}
+        result = session.execute(stmt, _params(by_identity, npk))
+        statements += 1
+        for row in _compat.result_tuples(result):
+            bucket = collected.get(row[0] if npk == 1 else tuple(row[:npk]))
             if bucket is not None:
                 bucket.append(row[npk])
-        statements += 1
         for ident, values in collected.items():
             state = by_identity[ident]
-            if not _lacks(state, prop):
-                continue
-            if prop.uselist:
-                impl.set_committed_value(state, state.dict, values)
-            else:
-                impl.set_committed_value(state, state.dict, values[0] if values else None)
+            if key in state.dict or (key in state.committed_state and not uselist):
+                continue  # changed in memory meanwhile
+            value = values if uselist else (values[0] if values else None)
+            state.manager[key].impl.set_committed_value(state, state.dict, value)
     return statements
-
-
-_NO_RESULT = LoaderCallableStatus.PASSIVE_NO_RESULT
-_NEVER_SET = LoaderCallableStatus.NEVER_SET
-
-
-def _is_null_identity(mapper: Mapper[Any], ident: Sequence[Any]) -> bool:
-    if mapper.allow_partial_pks:
-        return all(v is None for v in ident)
-    return any(v is None for v in ident)
-
-
-def _instance_state(obj: Any) -> InstanceState[Any]:
-    return inspect(obj)

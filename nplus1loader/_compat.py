@@ -139,19 +139,41 @@ def load_scalar_attributes(mapper: Any, state: InstanceState[Any], keys: Iterabl
     _load_scalar_attributes(mapper, state, set(keys), PassiveFlag.PASSIVE_OFF)
 
 
-def use_get_identity(strategy: Any, session: Any, state: InstanceState[Any], passive: Any) -> Any:
-    """For a many-to-one that targets a primary key, the target identity
-    read from the parent's foreign key (``_LazyLoader._get_ident_for_use_get``)."""
-    return strategy._get_ident_for_use_get(session, state, passive)
-
-
 def load_for_state(strategy: Any, state: InstanceState[Any], passive: Any) -> Any:
     """A strategy's own one-instance load (``LoaderStrategy._load_for_state``)."""
     return strategy._load_for_state(state, passive)
 
 
 def equated_columns(strategy: Any) -> dict[Any, Any]:
+    """For a many-to-one lazy loader that can use the identity map
+    (``use_get``), each target primary-key column's parent column."""
     return strategy._equated_columns
+
+
+def selectin_omits_join(prop: Any) -> bool:
+    """Whether SQLAlchemy's own ``selectinload`` judges this relationship's
+    join condition simple enough to select the targets by foreign key
+    without joining the parent (``_SelectInLoader.omit_join``; it honours
+    ``relationship(omit_join=False)``)."""
+    strategy = prop._get_strategy((("lazy", "selectin"),))
+    return bool(getattr(strategy, "omit_join", False))
+
+
+def result_tuples(result: Any) -> Any:
+    """The rows of an ORM result, for reading by position.
+
+    SQLAlchemy 2.1's own loaders read plain tuples (``_raw_all_tuples``),
+    skipping the Row objects; on 2.0, and where a joined eager load repeats
+    rows (which then need uniquing), Rows it is.
+    """
+    if getattr(result, "_unique_filter_state", None) is not None:
+        # ORM loading demands uniquing (it sets this for joined eager loads
+        # of collections, in both series).
+        return result.unique()
+    raw = getattr(result, "_raw_all_tuples", None)
+    if raw is not None and getattr(result, "_post_creational_filter", None) is None:
+        return raw()
+    return result
 
 
 def state_attr_by_column(mapper: Any, state: InstanceState[Any], column: Any, passive: Any) -> Any:

@@ -29,7 +29,8 @@ from sqlalchemy.orm import ColumnProperty, Mapper, PassiveFlag
 from sqlalchemy.orm.state import InstanceState
 
 from . import _compat
-from ._batch import _KEYS_PARAM, DEFAULT_CHUNK_SIZE, _chunks, _key_filter, _key_values
+from ._batch import set_committed_columns
+from ._keys import DEFAULT_CHUNK_SIZE, KEYS_PARAM, chunks, key_filter, key_values
 from ._logging import find_call_site, log_batch
 from ._modes import RAISE, WARN, effective_mode, warn_at_call_site
 from ._stats import record_batch
@@ -209,23 +210,21 @@ def refresh_columns(
     stmt = (
         select(*pk_columns, *(p.expression for p in props))
         .select_from(mapper)
-        .where(_key_filter(pk_columns))
+        .where(key_filter(session, mapper, pk_columns))
     )
     npk = len(pk_columns)
+    trigger = states[0]
     statements = 0
-    for chunk in _chunks(states, chunk_size or DEFAULT_CHUNK_SIZE):
-        by_identity = {s.key[1]: s for s in chunk}
-        result = session.execute(stmt, {_KEYS_PARAM: _key_values(list(by_identity))})
+    for chunk in chunks(states, chunk_size or DEFAULT_CHUNK_SIZE):
+        by_identity = {s.key[1]: s for s in chunk}  # type: ignore[index]
+        result = session.execute(stmt, {KEYS_PARAM: key_values(list(by_identity))})
         statements += 1
-        for row in result:
+        for row in _compat.result_tuples(result):
             state = by_identity.get(tuple(row[:npk]))
             if state is None:
                 continue
-            dict_ = state.dict
-            for offset, key in enumerate(keys):
-                if key not in state.committed_state:
-                    dict_[key] = row[npk + offset]
-            _compat.commit_keys(state, keys)
-            if state is not states[0]:
+            set_committed_columns(state, keys, row, npk)
+            if state is not trigger:
+                # What SQLAlchemy's _load_expired does after refreshing.
                 state.expired_attributes.clear()
     return statements

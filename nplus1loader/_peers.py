@@ -18,10 +18,10 @@ from sqlalchemy.orm.state import InstanceState
 
 from . import _compat
 from ._arming import armed_loader
-from ._batch import bulk_load_attribute_for_instance_states
+from ._batch import checked_chunk_size, lacks, load_states
 from ._logging import find_call_site, log_batch
 from ._modes import LOAD, RAISE, WARN, effective_mode, warn_at_call_site
-from ._stats import record_batch, stock_queries
+from ._stats import record_batch
 from .exc import LazyLoadingAttributeError
 
 __all__ = ["LOAD", "RAISE", "WARN", "ArmedLoader", "StockLoader", "armed_peers"]
@@ -95,22 +95,16 @@ class ArmedLoader:
             # history) SQLAlchemy only looks in the identity map: no SQL.
             return self._stock(state, passive)
         peers = armed_peers(session, state, self)
+        if not peers:
+            return self._stock(state, passive)
         model = self.prop.parent.class_.__name__
         site = find_call_site()
         options = _nested_options(self) if self.nested and not self.is_column else ()
         options += self.criteria
-        stock = stock_queries(session, self.prop, peers)
-        queries = bulk_load_attribute_for_instance_states(
-            session,
-            self.prop.parent,
-            peers,
-            self.key,
-            chunk_size=self.chunk_size,
-            options=options,
-        )
+        batch = load_states(session, self.prop, peers, checked_chunk_size(self.chunk_size), options)
         # Reported once the batch has run: a batch that failed (a lost
         # connection, MissingGreenlet under asyncio) loaded nothing.
-        record_batch(session, len(peers), queries, stock)
+        record_batch(session, len(peers), batch.statements, batch.stock)
         log_batch(model, self.key, len(peers), site)
         if mode == WARN:
             warn_at_call_site(
@@ -188,14 +182,25 @@ def armed_peers(
     One pass over the identity map, with the verdict on each distinct
     loader found cached: the instances one query armed share their loader.
     """
+    prop = loader.prop
+    if trigger.deleted or not lacks(trigger, prop):
+        return []
     key = loader.key
+    # A collection with only backref appends queued still loads (they merge
+    # in, as in a stock lazy load); a scalar changed in memory does not.
+    changed_blocks = not prop_is_collection(prop)
     # Under an override to load or warn (NPLUS1LOADER_MODE, the pytest
     # plugin), instances armed by a raise option batch like the others.
     raise_hooks_load = effective_mode(RAISE) != RAISE
     verdicts: dict[int, bool] = {id(loader): True}
     peers = [trigger]
+    # Identity-map states are persistent in this session and not deleted
+    # (a flushed delete leaves the map); a loader for this very property is
+    # only found on instances of its mapper.
     for state in _compat.all_states(session):
         if state is trigger or key in state.dict:
+            continue
+        if changed_blocks and key in state.committed_state:
             continue
         hook = armed_loader(state, key)
         if hook is None:
@@ -206,6 +211,10 @@ def armed_peers(
         if verdict:
             peers.append(state)
     return peers
+
+
+def prop_is_collection(prop: Any) -> bool:
+    return bool(getattr(prop, "uselist", False))
 
 
 def _nested_options(loader: ArmedLoader) -> tuple[Any, ...]:

@@ -6,15 +6,10 @@ and need no lock: a Session is never shared between threads.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import inspect
-from sqlalchemy.orm import LoaderCallableStatus, PassiveFlag
-from sqlalchemy.orm.state import InstanceState
-
-from . import _compat
+from sqlalchemy.orm import LoaderCallableStatus
 
 _INFO_KEY = "nplus1loader.stats"
 _UNKNOWN = (LoaderCallableStatus.PASSIVE_NO_RESULT, LoaderCallableStatus.NEVER_SET)
@@ -55,36 +50,3 @@ def record_batch(
     counters.queries += queries
     stock = instances if stock_queries is None else stock_queries
     counters.queries_saved += max(stock - queries, 0)
-
-
-def stock_queries(session: Any, prop: Any, states: Sequence[InstanceState[Any]]) -> int:
-    """The statements stock lazy loading would emit to load ``prop`` for
-    ``states``, one instance after the other; call it before the batch.
-
-    One per instance, except for a many-to-one that SQLAlchemy loads by
-    primary key: a NULL key or a target already in the identity map costs
-    nothing, and each missing target costs one query only (the first load
-    puts it in the identity map for the instances that share it).
-    """
-    if getattr(prop, "direction", None) is None or prop.direction.name != "MANYTOONE":
-        return len(states)
-    strategy = _compat.get_strategy(prop, (("lazy", "select"),))
-    if not strategy.use_get:
-        return len(states)
-    target = prop.mapper
-    missing: set[Any] = set()
-    unknown = 0
-    for state in states:
-        ident = _compat.use_get_identity(strategy, session, state, PassiveFlag.PASSIVE_NO_FETCH)
-        if any(value is marker for value in ident for marker in _UNKNOWN):
-            unknown += 1  # its foreign key is not loaded either: one query at least
-            continue
-        if all(value is None for value in ident) or (
-            not target.allow_partial_pks and any(value is None for value in ident)
-        ):
-            continue
-        key = target.identity_key_from_primary_key(list(ident))
-        hit = session.identity_map.get(key)
-        if hit is None or inspect(hit).expired:
-            missing.add(key)
-    return len(missing) + unknown

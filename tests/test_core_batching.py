@@ -43,15 +43,17 @@ def session(engine: Engine) -> Iterator[Session]:
 
 
 class ParameterCounter:
-    """The number of bound parameters of each statement sent: an expanded
-    ``IN`` list has one per instance, so this shows each chunk's size."""
+    """The number of keys each statement sent: an expanded ``IN`` list has
+    one parameter per instance, PostgreSQL's ``= ANY(:keys)`` one array of
+    them; either way this shows each chunk's size."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.sizes: list[int] = []
 
     def _record(self, conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
-        self.sizes.append(len(parameters))
+        values = parameters.values() if isinstance(parameters, dict) else parameters
+        self.sizes.append(sum(len(v) if isinstance(v, list | tuple) else 1 for v in values))
 
     def __enter__(self) -> ParameterCounter:
         event.listen(self.engine, "before_cursor_execute", self._record)

@@ -1,0 +1,62 @@
+"""How a batch names the instances it loads: the key condition and its
+parameter, one chunk at a time.
+
+Every batch of one attribute reuses one compiled statement whatever the
+chunk length.  On PostgreSQL, with a single-column key of a plain type,
+the keys travel as one array parameter (``key = ANY(CAST(:keys AS
+INTEGER[]))``), so the server, too, sees one statement text for every
+batch (its plan and prepared-statement caches hit).  Elsewhere, and for
+composite keys, it is an expanding ``IN``: SQLAlchemy caches its
+compiled form and renders the list at execution time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import Integer, String, TypeDecorator, Uuid, any_, bindparam, cast, tuple_
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import Mapper, Session
+
+DEFAULT_CHUNK_SIZE = 500
+"""Instances per query; the same default as SQLAlchemy's ``selectinload``."""
+
+KEYS_PARAM = "nplus1loader_keys"
+
+# Key types whose values the PostgreSQL drivers send as arrays that cast
+# cleanly; anything else (enums, custom types) keeps the expanding IN.
+_ARRAY_SAFE = (Integer, String, Uuid)
+
+
+def key_filter(session: Session, mapper: Mapper[Any], columns: Sequence[Any]) -> Any:
+    """The condition selecting the rows of one chunk of keys, for the
+    database ``mapper``'s instances are loaded from."""
+    if len(columns) > 1:
+        return tuple_(*columns).in_(bindparam(KEYS_PARAM, expanding=True))
+    column = columns[0]
+    column_type = column.type
+    if _uses_arrays(session, mapper) and _array_safe(column_type):
+        array = ARRAY(column_type)
+        return column == any_(cast(bindparam(KEYS_PARAM, type_=array), array))
+    return column.in_(bindparam(KEYS_PARAM, expanding=True))
+
+
+def _uses_arrays(session: Session, mapper: Mapper[Any]) -> bool:
+    return session.get_bind(mapper=mapper).dialect.name == "postgresql"
+
+
+def _array_safe(column_type: Any) -> bool:
+    return isinstance(column_type, _ARRAY_SAFE) and not isinstance(column_type, TypeDecorator)
+
+
+def key_values(identities: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """The parameter value for a chunk of identity tuples."""
+    if identities and len(identities[0]) == 1:
+        return [ident[0] for ident in identities]
+    return list(identities)
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
