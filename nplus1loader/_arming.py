@@ -166,14 +166,3 @@ def ensure_class_level_hook(mapper: Mapper[Any], key: str) -> None:
     original = _compat.class_level_loader(mapper, key)
     if original is not None and not isinstance(original, ClassLevelHook):
         _compat.set_class_level_loader(mapper, key, ClassLevelHook(key, original))
-
-
-def armed_loader(state: InstanceState[Any], key: str) -> Any:
-    """The nplus1 loader SQLAlchemy would call for ``key`` of ``state``
-    (ignoring expiry), or None: a per-instance hook wins over the class-level
-    one, as in SQLAlchemy's own ``_fire_loader_callables``."""
-    hook = state.callables.get(key)
-    if hook is not None:
-        return hook if getattr(hook, "is_nplus1_loader", False) else None
-    profile = state.__dict__.get(_compat.PROFILE_KEY)
-    return None if profile is None else profile.class_level.get(key)

@@ -179,28 +179,37 @@ def _load_columns(
     size: int,
     options: Sequence[ORMOption],
 ) -> BatchResult:
-    """SELECT the primary key and the column (or its group) by primary key.
+    """SELECT the primary key and the column (or its group) by primary key,
+    from the mapper's selectable (a joined subclass's join).
 
-    Class-bound attributes, not bare columns, so that the statement is the
-    ORM statement stock SQLAlchemy runs to load a deferred column: a joined
-    subclass selects from its join, and ``with_loader_criteria`` options
-    reach into ``column_property`` subqueries as they do there.
+    With options (``with_loader_criteria`` of the arming query), through
+    class-bound attributes: the ORM statement stock SQLAlchemy runs to load
+    a deferred column, so the criteria reach into ``column_property``
+    subqueries as they do there.
     """
     mapper = prop.parent
-    entity = mapper.entity
-    keys = [p.key for p in _column_group(prop)]
-    pk_attrs = _primary_key_attrs(mapper, entity)
-    stmt = (
-        select(*pk_attrs, *(getattr(entity, key) for key in keys))
-        .select_from(entity)
-        .where(key_filter(session, mapper, pk_attrs))
-        .options(*options)
-    )
-    npk = len(pk_attrs)
+    group = _column_group(prop)
+    keys = [p.key for p in group]
+    if options:
+        entity = mapper.entity
+        key_columns = _primary_key_attrs(mapper, entity)
+        stmt = (
+            select(*key_columns, *(getattr(entity, key) for key in keys))
+            .select_from(entity)
+            .options(*options)
+        )
+    else:
+        # Without options to apply, the same SELECT in Core: no ORM
+        # compilation step, the same SQL.
+        key_columns = list(mapper.primary_key)
+        stmt = select(*key_columns, *(p.expression for p in group)).select_from(mapper.selectable)
+    stmt = stmt.where(key_filter(session, mapper, key_columns))
+    bind = {"mapper": mapper}
+    npk = len(key_columns)
     statements = 0
     for chunk in chunks(states, size):
         by_identity = _by_identity(chunk, npk)
-        result = session.execute(stmt, _params(by_identity, npk))
+        result = session.execute(stmt, _params(by_identity, npk), bind_arguments=bind)
         statements += 1
         for row in _compat.result_tuples(result):
             state = by_identity.get(row[0] if npk == 1 else tuple(row[:npk]))
@@ -213,7 +222,11 @@ def set_committed_columns(
     state: InstanceState[Any], keys: list[str], row: Any, offset: int
 ) -> None:
     """Store loaded columns as committed state, except those changed in
-    memory meanwhile (the group may hold some)."""
+    memory meanwhile (the group may hold some).
+
+    The bookkeeping of ``InstanceState._commit`` for keys that had no
+    committed value, inline: it runs once per instance of every batch.
+    """
     dict_ = state.dict
     committed = state.committed_state
     loaded = []
@@ -221,8 +234,15 @@ def set_committed_columns(
         if key not in dict_ and key not in committed:
             dict_[key] = row[position]
             loaded.append(key)
-    if loaded:
-        _compat.commit_keys(state, loaded)
+    if not loaded:
+        return
+    state.expired = False
+    if state.expired_attributes:
+        state.expired_attributes.difference_update(loaded)
+    callables = state.callables
+    if callables:
+        for key in loaded:
+            callables.pop(key, None)
 
 
 # ---------------------------------------------------------- relationships

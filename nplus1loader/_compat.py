@@ -190,10 +190,6 @@ def state_callables(state: InstanceState[Any]) -> dict[str, Any]:
     return state.callables
 
 
-def commit_keys(state: InstanceState[Any], keys: Iterable[str]) -> None:
-    state._commit(state.dict, list(keys))
-
-
 def class_manager_expired_loader(manager: Any) -> Any:
     return manager.expired_attribute_loader
 
@@ -205,8 +201,17 @@ def set_class_manager_expired_loader(manager: Any, loader: Any) -> None:
 #: Where an instance's arming profile is kept: the state's own ``__dict__``
 #: (InstanceState has one, SQLAlchemy memoizes there too), so it lives and
 #: dies with the instance, survives ``expire()``, and is never pickled
-#: (``InstanceState.__getstate__`` picks its keys).
+#: (``InstanceState.__getstate__`` picks its keys).  Not ``load_options``,
+#: though that would be cheaper to write: SQLAlchemy stamps it anew on
+#: every refresh, and the arming would go with it.
 PROFILE_KEY = "_nplus1loader_profile"
+
+
+def propagated_options(context: Any) -> Any:
+    """The options a query execution hands on to the lazy loads and
+    refreshes of the instances it loads (``QueryContext.propagated_loader_options``,
+    which SQLAlchemy stamps as ``state.load_options``)."""
+    return context.propagated_loader_options
 
 
 def get_profile(state: InstanceState[Any]) -> Any:
@@ -280,7 +285,7 @@ def loader_criteria(context: Any) -> tuple[Any, ...]:
     which becomes ``state.load_options``)."""
     return tuple(
         option
-        for option in context.propagated_loader_options
+        for option in propagated_options(context)
         if isinstance(option, LoaderCriteriaOption)
     )
 

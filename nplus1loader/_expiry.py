@@ -209,15 +209,18 @@ def refresh_columns(
     pk_columns = list(mapper.primary_key)
     stmt = (
         select(*pk_columns, *(p.expression for p in props))
-        .select_from(mapper)
+        .select_from(mapper.selectable)
         .where(key_filter(session, mapper, pk_columns))
     )
+    bind = {"mapper": mapper}
     npk = len(pk_columns)
     trigger = states[0]
     statements = 0
     for chunk in chunks(states, chunk_size or DEFAULT_CHUNK_SIZE):
         by_identity = {s.key[1]: s for s in chunk}  # type: ignore[index]
-        result = session.execute(stmt, {KEYS_PARAM: key_values(list(by_identity))})
+        result = session.execute(
+            stmt, {KEYS_PARAM: key_values(list(by_identity))}, bind_arguments=bind
+        )
         statements += 1
         for row in _compat.result_tuples(result):
             state = by_identity.get(tuple(row[:npk]))

@@ -17,7 +17,6 @@ from sqlalchemy.orm import LoaderCallableStatus, PassiveFlag
 from sqlalchemy.orm.state import InstanceState
 
 from . import _compat
-from ._arming import armed_loader
 from ._batch import checked_chunk_size, lacks, load_states
 from ._logging import find_call_site, log_batch
 from ._modes import LOAD, RAISE, WARN, effective_mode, warn_at_call_site
@@ -179,8 +178,12 @@ def armed_peers(
     """The trigger first, then every other persistent instance of the session
     that is armed (in load mode) for the same attribute and still lacks it.
 
-    One pass over the identity map, with the verdict on each distinct
-    loader found cached: the instances one query armed share their loader.
+    One pass over the identity map.  An instance's loader for the attribute
+    is its per-instance hook if it has one, else its profile's class-level
+    entry (SQLAlchemy's own precedence); the verdict on each distinct hook
+    and profile is cached, as the instances one query armed share them.
+    Identity-map states are persistent in this session and not deleted (a
+    flushed delete leaves the map).
     """
     prop = loader.prop
     if trigger.deleted or not lacks(trigger, prop):
@@ -192,24 +195,44 @@ def armed_peers(
     # Under an override to load or warn (NPLUS1LOADER_MODE, the pytest
     # plugin), instances armed by a raise option batch like the others.
     raise_hooks_load = effective_mode(RAISE) != RAISE
-    verdicts: dict[int, bool] = {id(loader): True}
+    # Keyed by the objects themselves (hashed by identity), held for the
+    # length of the scan.
+    by_hook: dict[Any, bool] = {loader: True}
+    by_profile: dict[Any, bool] = {}
+    profile_key = _compat.PROFILE_KEY
+
+    def batches(hook: Any) -> bool:
+        verdict = by_hook.get(hook)
+        if verdict is None:
+            verdict = by_hook[hook] = bool(
+                getattr(hook, "is_nplus1_loader", False)
+                and hook.batches_with(loader, raise_hooks_load)
+            )
+        return verdict
+
     peers = [trigger]
-    # Identity-map states are persistent in this session and not deleted
-    # (a flushed delete leaves the map); a loader for this very property is
-    # only found on instances of its mapper.
     for state in _compat.all_states(session):
+        namespace = state.__dict__
+        callables = namespace.get("callables")
+        hook = callables.get(key) if callables else None
+        if hook is not None:
+            if not batches(hook):
+                continue
+        else:
+            profile = namespace.get(profile_key)
+            if profile is None:
+                continue
+            verdict = by_profile.get(profile)
+            if verdict is None:
+                found = profile.class_level.get(key)
+                verdict = by_profile[profile] = found is not None and batches(found)
+            if not verdict:
+                continue
         if state is trigger or key in state.dict:
             continue
         if changed_blocks and key in state.committed_state:
             continue
-        hook = armed_loader(state, key)
-        if hook is None:
-            continue
-        verdict = verdicts.get(id(hook))
-        if verdict is None:
-            verdict = verdicts[id(hook)] = hook.batches_with(loader, raise_hooks_load)
-        if verdict:
-            peers.append(state)
+        peers.append(state)
     return peers
 
 

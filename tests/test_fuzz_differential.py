@@ -1214,6 +1214,8 @@ def _graph(**rows: list[dict[str, Any]]) -> Graph:
     return Graph({name: rows.get(name, []) for name in DELETE_ORDER})
 
 
+JOINED_MENTOR = (("joinedload", "mentor"),)
+
 FOUND = {
     # A flush deleting a review read its foreign key (for the history of the
     # many-to-one) through the named raise hook, and it raised (fixed: a
@@ -1254,6 +1256,23 @@ FOUND = {
             Op("query", ("Animal", Opt("nplus1loader", stock=(("joinedload", "owner"),)), None)),
             Op("commit"),
             Op("touch", (("Animal", 0), (True, 0))),
+        ),
+    ),
+    # Arming once rode on state.load_options (one attribute write per row,
+    # cheaper than a key in the state's __dict__); SQLAlchemy stamps those
+    # anew when it refreshes a deferred column, and author 2's arming for
+    # .mentees went with them (kept in the state's __dict__ since).
+    "deferred-column-refresh-keeps-the-arming": Program(
+        _graph(
+            author=[
+                {**AUTHOR_1, "id": i, "name": f"author {i}", "mentor_id": None} for i in (1, 2, 3)
+            ]
+        ),
+        (
+            Op("query", ("Author", Opt(), 1)),
+            Op("query", ("Author", Opt("nplus1loader", ("mentees",), stock=JOINED_MENTOR), None)),
+            Op("loop", ("Author", "bio")),
+            Op("touch", (("", 0), (True, 2))),
         ),
     ),
     # Under raiseload_all('*'), reading each author's primary key after a
