@@ -27,7 +27,15 @@ from sqlalchemy.orm.interfaces import ORMOption
 from sqlalchemy.orm.state import InstanceState
 
 from . import _compat
-from ._keys import DEFAULT_CHUNK_SIZE, KEYS_PARAM, chunks, key_filter, key_values
+from ._keys import (
+    DEFAULT_CHUNK_SIZE,
+    KEYS_PARAM,
+    chunk_params,
+    chunks,
+    key_filter,
+    key_values,
+    states_by_key,
+)
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -149,18 +157,6 @@ def _primary_key_attrs(mapper: Mapper[Any], entity: Any) -> list[Any]:
     return [getattr(entity, mapper.get_property_by_column(col).key) for col in mapper.primary_key]
 
 
-def _by_identity(chunk: Sequence[InstanceState[Any]], npk: int) -> dict[Any, InstanceState[Any]]:
-    """The chunk's states by identity: the bare value for a one-column key
-    (as a row holds it), the identity tuple otherwise."""
-    if npk == 1:
-        return {s.key[1][0]: s for s in chunk}  # type: ignore[index]
-    return {s.key[1]: s for s in chunk}  # type: ignore[index]
-
-
-def _params(by_identity: dict[Any, Any], npk: int) -> dict[str, Any]:
-    return {KEYS_PARAM: list(by_identity) if npk == 1 else key_values(list(by_identity))}
-
-
 # ---------------------------------------------------------------- columns
 
 
@@ -208,8 +204,8 @@ def _load_columns(
     npk = len(key_columns)
     statements = 0
     for chunk in chunks(states, size):
-        by_identity = _by_identity(chunk, npk)
-        result = session.execute(stmt, _params(by_identity, npk), bind_arguments=bind)
+        by_identity = states_by_key(chunk, npk)
+        result = session.execute(stmt, chunk_params(by_identity, npk), bind_arguments=bind)
         statements += 1
         for row in _compat.result_tuples(result):
             state = by_identity.get(row[0] if npk == 1 else tuple(row[:npk]))
@@ -229,13 +225,18 @@ def set_committed_columns(
     """
     dict_ = state.dict
     committed = state.committed_state
-    loaded = []
-    for position, key in enumerate(keys, offset):
-        if key not in dict_ and key not in committed:
-            dict_[key] = row[position]
-            loaded.append(key)
-    if not loaded:
-        return
+    if not committed and dict_.keys().isdisjoint(keys):
+        # The common case (nothing changed, nothing there): in one step.
+        dict_.update(zip(keys, row[offset:], strict=False))
+        loaded = keys
+    else:
+        loaded = []
+        for position, key in enumerate(keys, offset):
+            if key not in dict_ and key not in committed:
+                dict_[key] = row[position]
+                loaded.append(key)
+        if not loaded:
+            return
     state.expired = False
     if state.expired_attributes:
         state.expired_attributes.difference_update(loaded)
@@ -445,9 +446,9 @@ def _collect(
     uselist = prop.uselist
     statements = 0
     for chunk in chunks(states, size):
-        by_identity = _by_identity(chunk, npk)
+        by_identity = states_by_key(chunk, npk)
         collected: dict[Any, list[Any]] = {ident: [] for ident in by_identity}
-        result = session.execute(stmt, _params(by_identity, npk))
+        result = session.execute(stmt, chunk_params(by_identity, npk))
         statements += 1
         for row in _compat.result_tuples(result):
             bucket = collected.get(row[0] if npk == 1 else tuple(row[:npk]))

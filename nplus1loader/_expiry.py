@@ -30,7 +30,7 @@ from sqlalchemy.orm.state import InstanceState
 
 from . import _compat
 from ._batch import set_committed_columns
-from ._keys import DEFAULT_CHUNK_SIZE, KEYS_PARAM, chunks, key_filter, key_values
+from ._keys import DEFAULT_CHUNK_SIZE, chunk_params, chunks, key_filter, states_by_key
 from ._logging import find_call_site, log_batch
 from ._modes import RAISE, WARN, effective_mode, warn_at_call_site
 from ._stats import record_batch
@@ -178,21 +178,37 @@ def expired_peers(
     session: Any, trigger: InstanceState[Any], toload: set[str]
 ) -> list[InstanceState[Any]]:
     """The trigger, then every persistent instance of the same mapper that
-    is armed for load and has exactly the same attributes to refresh."""
+    is armed for load and has exactly the same attributes to refresh.
+
+    After a commit every instance has the same keys expired and none
+    changed: a set comparison settles those, the full computation is for
+    the others.  The verdict on each distinct profile is cached.
+    """
     mapper = trigger.mapper
     wanted = frozenset(toload)
+    trigger_expired = trigger.expired_attributes
+    shortcut = not trigger.committed_state and _loadable_expired(trigger) == wanted
+    profile_key = _compat.PROFILE_KEY
+    refreshes: dict[Any, bool] = {}
     peers = [trigger]
     for state in _compat.all_states(session):
-        if state is trigger or not state.expired_attributes or state.mapper is not mapper:
+        expired = state.expired_attributes
+        if not expired or state is trigger:
             continue
-        profile = _compat.get_profile(state)
-        if profile is None or profile.refresh_mode is None:
+        profile = state.__dict__.get(profile_key)
+        if profile is None:
             continue
-        if effective_mode(profile.refresh_mode) == RAISE:
+        verdict = refreshes.get(profile)
+        if verdict is None:
+            verdict = refreshes[profile] = (
+                profile.refresh_mode is not None
+                and effective_mode(profile.refresh_mode) != RAISE
+            )
+        if not verdict or state.manager.mapper is not mapper or _compat.is_deleted(state):
             continue
-        if _compat.is_deleted(state) or _loadable_expired(state) != wanted:
-            continue
-        peers.append(state)
+        unchanged_alike = shortcut and expired == trigger_expired and not state.committed_state
+        if unchanged_alike or _loadable_expired(state) == wanted:
+            peers.append(state)
     return peers
 
 
@@ -217,13 +233,11 @@ def refresh_columns(
     trigger = states[0]
     statements = 0
     for chunk in chunks(states, chunk_size or DEFAULT_CHUNK_SIZE):
-        by_identity = {s.key[1]: s for s in chunk}  # type: ignore[index]
-        result = session.execute(
-            stmt, {KEYS_PARAM: key_values(list(by_identity))}, bind_arguments=bind
-        )
+        by_identity = states_by_key(chunk, npk)
+        result = session.execute(stmt, chunk_params(by_identity, npk), bind_arguments=bind)
         statements += 1
         for row in _compat.result_tuples(result):
-            state = by_identity.get(tuple(row[:npk]))
+            state = by_identity.get(row[0] if npk == 1 else tuple(row[:npk]))
             if state is None:
                 continue
             set_committed_columns(state, keys, row, npk)

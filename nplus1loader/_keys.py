@@ -60,3 +60,16 @@ def key_values(identities: Sequence[tuple[Any, ...]]) -> list[Any]:
 def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def states_by_key(chunk: Sequence[Any], npk: int) -> dict[Any, Any]:
+    """A chunk's states by identity, as rows hold it: the bare value for a
+    one-column key, the identity tuple otherwise."""
+    if npk == 1:
+        return {state.key[1][0]: state for state in chunk}
+    return {state.key[1]: state for state in chunk}
+
+
+def chunk_params(by_key: dict[Any, Any], npk: int) -> dict[str, Any]:
+    """The parameters of the statement for the chunk ``states_by_key`` made."""
+    return {KEYS_PARAM: list(by_key) if npk == 1 else key_values(list(by_key))}
