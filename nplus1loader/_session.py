@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.exc import ArgumentError
-from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState, Session, scoped_session, sessionmaker
 
 from ._modes import LOAD, MODES, check_mode
@@ -152,21 +151,47 @@ def _on_do_orm_execute(orm_execute_state: ORMExecuteState) -> None:
     state.statement = state.statement.options(_OPTIONS[mode])
 
 
+def _asyncio_classes() -> tuple[type, type, type] | None:
+    """SQLAlchemy's asyncio session classes, or None where they cannot be
+    imported (SQLAlchemy 2.1 without greenlet): then no asyncio session can
+    exist, and importing nplus1loader must not require them."""
+    try:
+        from sqlalchemy.ext.asyncio import (
+            AsyncSession,
+            async_scoped_session,
+            async_sessionmaker,
+        )
+    except ImportError:
+        return None
+    return AsyncSession, async_scoped_session, async_sessionmaker
+
+
 def _holder(target: Any) -> Any:
     """The sync ``Session`` object or class the event listener goes on."""
-    if isinstance(target, (scoped_session, async_scoped_session)):
+    if isinstance(target, scoped_session):
         return _holder(target.session_factory)
-    if isinstance(target, AsyncSession):
-        return target.sync_session
     if isinstance(target, sessionmaker):
         return target.class_  # each sessionmaker makes a Session subclass of its own
-    if isinstance(target, async_sessionmaker):
-        return _dedicated_sync_class(target)
     if isinstance(target, Session):
         return target
     if isinstance(target, type) and issubclass(target, Session):
         return target
-    if isinstance(target, type) and issubclass(target, AsyncSession):
+    found = _asyncio_classes()
+    if found is not None:
+        return _async_holder(target, *found)
+    raise _not_a_session(target)
+
+
+def _async_holder(
+    target: Any, async_session: type, async_scoped: type, async_maker: type
+) -> Any:
+    if isinstance(target, async_scoped):
+        return _holder(target.session_factory)
+    if isinstance(target, async_session):
+        return target.sync_session
+    if isinstance(target, async_maker):
+        return _dedicated_sync_class(target)
+    if isinstance(target, type) and issubclass(target, async_session):
         if target.sync_session_class is Session:
             raise ArgumentError(
                 f"enable({target.__name__}): its sync_session_class is Session itself, so "
@@ -174,13 +199,17 @@ def _holder(target: Any) -> Any:
                 "subclass of its own, or enable its async_sessionmaker"
             )
         return target.sync_session_class
-    raise ArgumentError(
+    raise _not_a_session(target)
+
+
+def _not_a_session(target: Any) -> ArgumentError:
+    return ArgumentError(
         "enable()/disable() expect a Session, sessionmaker, Session subclass, "
         f"scoped_session or their asyncio equivalents, got {target!r}"
     )
 
 
-def _dedicated_sync_class(maker: async_sessionmaker[Any]) -> type[Session]:
+def _dedicated_sync_class(maker: Any) -> type[Session]:
     """The sync Session class of this async_sessionmaker alone.
 
     An ``async_sessionmaker``, unlike a ``sessionmaker``, makes no class of

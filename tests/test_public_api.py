@@ -94,3 +94,66 @@ def test_py_typed_is_shipped_in_the_distribution() -> None:
     else:
         files = metadata.files("nplus1loader") or []
         assert any(str(f).replace("\\", "/") == "nplus1loader/py.typed" for f in files)
+
+
+_WITHOUT_GREENLET = """
+import sys
+
+class NoGreenlet:
+    def find_spec(self, name, path=None, target=None):
+        if name == "greenlet" or name.startswith("greenlet."):
+            raise ImportError("greenlet is not installed (blocked by the test)")
+        return None
+
+sys.meta_path.insert(0, NoGreenlet())
+for name in [m for m in sys.modules if m == "greenlet" or m.startswith("greenlet.")]:
+    del sys.modules[name]
+
+from sqlalchemy import Column, ForeignKey, Integer, create_engine, select
+from sqlalchemy.orm import DeclarativeBase, relationship, sessionmaker
+
+import nplus1loader
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Parent(Base):
+    __tablename__ = "parent"
+    id = Column(Integer, primary_key=True)
+    children = relationship("Child")
+
+
+class Child(Base):
+    __tablename__ = "child"
+    id = Column(Integer, primary_key=True)
+    parent_id = Column(ForeignKey("parent.id"))
+
+
+engine = create_engine("sqlite://")
+Base.metadata.create_all(engine)
+Session = nplus1loader.enable(sessionmaker(engine))
+with Session() as session:
+    session.add_all([Parent(id=i, children=[Child(id=i)]) for i in range(1, 4)])
+    session.commit()
+with Session() as session:
+    parents = session.scalars(select(Parent)).all()
+    assert [len(p.children) for p in parents] == [1, 1, 1]
+    assert nplus1loader.stats(session).batches == 1
+print("ok")
+"""
+
+
+def test_works_without_greenlet() -> None:
+    """greenlet is optional for SQLAlchemy 2.1 (it is what its asyncio
+    support needs): importing nplus1loader and using it with a sync session,
+    the session-wide switch included, must not need it."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_GREENLET], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
