@@ -1,10 +1,8 @@
 """Arming: what an nplus1 query leaves on the instances it loads.
 
-Every instance such a query loads carries one shared :class:`Profile` (one
-per query execution, entity path and mapper) holding the loaders of the
-attributes the query armed.  The instance holds a reference to it and
-nothing else, so arming costs one dictionary write per row, whatever the
-number of armed attributes:
+Every instance such a query loads is armed by one shared :class:`Profile`
+(one per query execution, entity path and mapper) holding the loaders of
+the attributes the query armed:
 
 * an attribute SQLAlchemy loads through a class-level loader (a lazy
   relationship, a column the mapping defers) is dispatched by a
@@ -15,20 +13,29 @@ number of armed attributes:
   ``load_only()``, a ``lazy="noload"`` relationship) gets a per-instance
   hook in ``state.callables``, as SQLAlchemy's own ``defer()`` does.
 
-The profile lives in the instance state's ``__dict__``: it survives
-``expire()`` (which drops per-instance hooks), dies with the instance, and
-is never pickled.
+How an instance finds its profile costs nothing per row for the instances
+a query creates: SQLAlchemy already stamps each of them with the query's
+propagating options and path (``state.load_options``, ``state.load_path``,
+which it also replays and re-stamps on every refresh), and the nplus1
+option among those options holds the profile for each path and mapper.
+The first execution registers its profiles there; a later execution of
+the same option whose profile differs (other options beside it, other
+loader criteria) stores its own on each row instead, in the state's
+``__dict__``, as it does for instances already in the session, which
+SQLAlchemy does not re-stamp.  An explicit profile wins over the stamped
+one.  Either way the profile survives ``expire()`` and dies with what
+refers to it; pickled instances come back unarmed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.orm import ColumnProperty, Mapper
 from sqlalchemy.orm.state import InstanceState
 
 from . import _compat
-from ._expiry import ensure_expire_listener, ensure_refresh_hook
 
 
 class Profile:
@@ -69,7 +76,6 @@ class Profile:
             self.class_level[key] = loader
             return True
         self.instance_hooks[key] = loader
-        ensure_expire_listener(mapper)
         return False
 
     def raises_for(self, mapper: Mapper[Any], key: str) -> bool:
@@ -78,43 +84,89 @@ class Profile:
             return key in self.raise_keys
         return isinstance(mapper.attrs.get(key), ColumnProperty)
 
+    def signature(self) -> tuple[Any, ...]:
+        """What arming with this profile means: equal signatures arm alike
+        (the very same loader criteria objects included)."""
+        loaders = tuple(
+            sorted(
+                (key, loader.signature(), key in self.class_level)
+                for key, loader in self.loaders.items()
+            )
+        )
+        return (loaders, self.refresh_mode, self.raise_keys, self.chunk_size)
+
 
 def profile_for(
     context: Any, path: Any, mapper: Mapper[Any], chunk_size: int | None, populators: Any
 ) -> Profile:
     """The profile of this query execution for this path and mapper; the
-    first call also registers the row populator that puts it on every
-    instance the rows reach (new ones, and ones already in the session)."""
+    first call also registers the row populator that arms the instances the
+    rows reach (new ones, and ones already in the session)."""
     key = ("nplus1loader.profile", _compat.natural_path(path), mapper)
     found: Profile | None = context.attributes.get(key)
     if found is None:
         found = context.attributes[key] = Profile(chunk_size)
-        ensure_refresh_hook(mapper)
     registered = ("nplus1loader.populator", id(populators), id(found))
     if registered not in context.attributes:
         context.attributes[registered] = True
         # Keyed by the primary key: "new" runs for a new instance (or one
         # whose key expired), "eager" for one already in the session.
         anchor = mapper.get_property_by_column(mapper.primary_key[0]).key
-        populate = _row_populator(found)
+        populate = _row_populator(found, context, path, mapper)
         populators["new"].append((anchor, populate))
         populators["eager"].append((anchor, populate))
     return found
 
 
-def _row_populator(profile: Profile) -> Any:
+def _owner(options: Any) -> Any:
+    """The nplus1 option that holds the profiles for instances stamped
+    with ``options``: the last one among them (deterministic, and the same
+    after SQLAlchemy re-stamps the replayed options on a refresh)."""
+    for option in reversed(options):
+        if getattr(option, "is_nplus1_option", False):
+            return option
+    return None
+
+
+def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any]) -> Any:
     hooks = profile.instance_hooks
     class_level = profile.class_level
     loaders = profile.loaders
     profile_key = _compat.PROFILE_KEY
+    # What SQLAlchemy stamps as ``state.load_options`` on the instances
+    # this execution creates (and on those it fully reloads).
+    stamped = _compat.propagated_options(context)
+    owner = _owner(stamped)
+    stamp_key = (_compat.stamped_natural_path(context, path), mapper)
+    # Whether the stamp finds this very profile: decided at the first row,
+    # when every strategy of the query has added its loaders.
+    shared: list[bool] = []
+
+    def share() -> bool:
+        if owner is None:
+            return False
+        profiles = owner.__dict__.setdefault("nplus1_profiles", {})
+        registered = profiles.setdefault(stamp_key, profile)
+        return registered is profile or registered.signature() == profile.signature()
 
     def arm(state: InstanceState[Any], dict_: Any, row: Any) -> None:
-        if profile.refresh_mode is None and all(key in dict_ for key in loaders):
+        namespace = state.__dict__
+        if state.load_options is stamped:
+            if not shared:
+                shared.append(share())
+            if shared[0]:
+                # The stamp finds the profile: nothing to store, except to
+                # drop what an earlier query stored (this one is the latest).
+                if profile_key in namespace:
+                    del namespace[profile_key]
+                if hooks:
+                    _install_hooks(state, dict_, hooks)
+                return
+        elif profile.refresh_mode is None and all(key in dict_ for key in loaders):
             # No anchor (raiseload_rel()) and nothing left unloaded here:
             # this query arms nothing on this instance.
             return
-        namespace = state.__dict__
-        previous = namespace.get(profile_key)
+        previous = profile_of(state)
         namespace[profile_key] = profile
         if previous is not None and previous is not profile and previous.class_level:
             # This query's profile replaces the one an earlier query left,
@@ -132,13 +184,62 @@ def _row_populator(profile: Profile) -> Any:
                 if key in callables and key not in dict_:
                     del callables[key]
         if hooks:
-            if callables is None:
-                callables = state.callables = {}
-            for key, loader in hooks.items():
-                if key not in dict_:
-                    callables[key] = loader
+            _install_hooks(state, dict_, hooks)
 
     return arm
+
+
+def _install_hooks(state: InstanceState[Any], dict_: Any, hooks: dict[str, Any]) -> None:
+    callables = state.__dict__.get("callables")
+    if callables is None:
+        callables = state.callables = {}
+    for key, loader in hooks.items():
+        if key not in dict_:
+            callables[key] = loader
+
+
+def profile_of(state: InstanceState[Any]) -> Profile | None:
+    """The profile that armed ``state``, if any: the one stored on it, else
+    the one its stamped options hold for its path and mapper."""
+    namespace = state.__dict__
+    profile = namespace.get(_compat.PROFILE_KEY)
+    if profile is not None:
+        return profile  # type: ignore[no-any-return]
+    owner = _owner(namespace.get("load_options", ()))
+    if owner is None:
+        return None
+    profiles = owner.__dict__.get("nplus1_profiles")
+    if profiles is None:
+        return None
+    return profiles.get((_compat.natural_path(state.load_path), state.mapper))  # type: ignore[no-any-return]
+
+
+def profile_finder() -> Callable[[InstanceState[Any]], Profile | None]:
+    """:func:`profile_of` for a scan over many states: the stamped lookup
+    is cached per stamp, which the instances one execution created share
+    (the states scanned hold those objects, so their ids stay theirs)."""
+    cache: dict[tuple[int, int, Any], Profile | None] = {}
+    profile_key = _compat.PROFILE_KEY
+
+    def find(state: InstanceState[Any]) -> Profile | None:
+        namespace = state.__dict__
+        profile = namespace.get(profile_key)
+        if profile is not None:
+            return profile  # type: ignore[no-any-return]
+        options = namespace.get("load_options")
+        if not options:
+            return None
+        stamp = (id(options), id(namespace.get("load_path")), state.manager)
+        found = cache.get(stamp, cache)
+        if found is cache:
+            found = cache[stamp] = profile_of(state)
+        return found  # type: ignore[return-value]
+
+    return find
+
+
+def set_profile(state: InstanceState[Any], profile: Profile) -> None:
+    state.__dict__[_compat.PROFILE_KEY] = profile
 
 
 class ClassLevelHook:
@@ -153,7 +254,7 @@ class ClassLevelHook:
         self.original = original
 
     def __call__(self, state: InstanceState[Any], passive: Any) -> Any:
-        profile = state.__dict__.get(_compat.PROFILE_KEY)
+        profile = profile_of(state)
         if profile is not None:
             loader = profile.class_level.get(self.key)
             if loader is not None:

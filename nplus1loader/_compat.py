@@ -115,6 +115,15 @@ def natural_path(path: Any) -> tuple[Any, ...]:
     return tuple(path.natural_path)
 
 
+def stamped_natural_path(context: Any, path: Any) -> tuple[Any, ...]:
+    """The natural path SQLAlchemy stamps as ``state.load_path`` on the
+    instances this path of this query execution creates (as
+    ``loading._instance_processor`` computes it: a lazy load or refresh
+    prefixes the path it started from)."""
+    current = context.compile_state.current_path
+    return natural_path(current + path if current.path else path)
+
+
 def get_strategy(prop: Any, key: tuple[Any, ...]) -> Any:
     """The (cached) strategy instance of ``prop`` for a strategy key."""
     return prop._get_strategy(key)
@@ -212,15 +221,6 @@ def propagated_options(context: Any) -> Any:
     refreshes of the instances it loads (``QueryContext.propagated_loader_options``,
     which SQLAlchemy stamps as ``state.load_options``)."""
     return context.propagated_loader_options
-
-
-def get_profile(state: InstanceState[Any]) -> Any:
-    """The arming profile an nplus1 query left on this instance, if any."""
-    return state.__dict__.get(PROFILE_KEY)
-
-
-def set_profile(state: InstanceState[Any], profile: Any) -> None:
-    state.__dict__[PROFILE_KEY] = profile
 
 
 def class_level_loader(mapper: Any, key: str) -> Any:

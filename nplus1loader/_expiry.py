@@ -29,6 +29,7 @@ from sqlalchemy.orm import ColumnProperty, Mapper, PassiveFlag
 from sqlalchemy.orm.state import InstanceState
 
 from . import _compat
+from ._arming import profile_finder, profile_of, set_profile
 from ._batch import set_committed_columns
 from ._keys import DEFAULT_CHUNK_SIZE, chunk_params, chunks, key_filter, states_by_key
 from ._logging import find_call_site, log_batch
@@ -65,7 +66,7 @@ def ensure_expire_listener(mapper: Mapper[Any]) -> None:
 
 
 def _on_expire(state: InstanceState[Any], attrs: Iterable[str] | None) -> None:
-    profile = _compat.get_profile(state)
+    profile = profile_of(state)
     if profile is None or not profile.instance_hooks:
         return
     hooks = profile.instance_hooks
@@ -86,7 +87,7 @@ class BatchRefresh:
         self.original = original
 
     def __call__(self, state: InstanceState[Any], toload: set[str], passive: PassiveFlag) -> Any:
-        profile = _compat.get_profile(state)
+        profile = profile_of(state)
         session = state.session
         if (
             profile is None
@@ -132,8 +133,8 @@ class BatchRefresh:
         try:
             return self.original(state, toload, passive)
         finally:
-            if _compat.get_profile(state) is not profile:
-                _compat.set_profile(state, profile)
+            if profile_of(state) is not profile:
+                set_profile(state, profile)
             callables = _compat.state_callables(state)
             for key in toload:
                 mine = profile.instance_hooks.get(key)
@@ -188,14 +189,14 @@ def expired_peers(
     wanted = frozenset(toload)
     trigger_expired = trigger.expired_attributes
     shortcut = not trigger.committed_state and _loadable_expired(trigger) == wanted
-    profile_key = _compat.PROFILE_KEY
+    find_profile = profile_finder()
     refreshes: dict[Any, bool] = {}
     peers = [trigger]
     for state in _compat.all_states(session):
         expired = state.expired_attributes
         if not expired or state is trigger:
             continue
-        profile = state.__dict__.get(profile_key)
+        profile = find_profile(state)
         if profile is None:
             continue
         verdict = refreshes.get(profile)

@@ -58,8 +58,16 @@ class ArmOption(LoaderOption):
     ]
 
     # Carried along on loaded instances, so a refresh of an armed instance
-    # (``session.refresh(obj)``) arms it again.
+    # (``session.refresh(obj)``) arms it again; and the stamp by which the
+    # instances a query creates find their profile (see _arming).
     propagate_to_loaders = True
+    is_nplus1_option = True
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The profiles registered on the option stay in this process.
+        state = self.__dict__.copy()
+        state.pop("nplus1_profiles", None)
+        return state
 
     def __init__(
         self,
@@ -185,13 +193,14 @@ class ArmOption(LoaderOption):
             compile_state.attributes[exact_key] = ArmedElement(
                 strategy, self.mode, wild, existing, self.nested, self.chunk_size
             )
-        if COLUMNS in self.kinds or self.mode != RAISE:
-            self._arm_anchors(compile_state, path, mapper)
+        self._arm_anchors(compile_state, path, mapper)
 
     def _arm_anchors(self, compile_state: Any, path: Any, mapper: Mapper[Any]) -> None:
         """Mark the primary-key column of each mapper as this option's
         anchor, so every instance the query returns is remembered as armed
         (expired columns are refreshed in batches after a commit)."""
+        # raiseload_rel() leaves expired columns to refresh the stock way.
+        refreshes = COLUMNS in self.kinds or self.mode != RAISE
         raise_keys = None
         if self.mode == RAISE and "*" not in self.names:
             # A named raise option raises for the expired columns it names,
@@ -216,6 +225,7 @@ class ArmOption(LoaderOption):
                 self.chunk_size,
                 anchor=True,
                 raise_keys=raise_keys,
+                refreshes=refreshes,
             )
 
     def _props_for(self, mapper: Mapper[Any], entity: Any) -> list[tuple[Any, bool]]:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import LoaderCallableStatus, PassiveFlag
 from sqlalchemy.orm.state import InstanceState
 
 from . import _compat
+from ._arming import profile_finder
 from ._batch import checked_chunk_size, lacks, load_states
 from ._logging import find_call_site, log_batch
 from ._modes import LOAD, RAISE, WARN, effective_mode, warn_at_call_site
@@ -62,6 +63,16 @@ class ArmedLoader:
 
     def __repr__(self) -> str:
         return f"<ArmedLoader {self.prop} mode={self.mode}>"
+
+    def signature(self) -> tuple[Any, ...]:
+        """What this loader does (see Profile.signature)."""
+        return (
+            self.prop,
+            self.mode,
+            self.nested,
+            self.chunk_size,
+            tuple(id(option) for option in self.criteria),
+        )
 
     def batches_with(self, other: ArmedLoader, raise_hooks_load: bool) -> bool:
         """Whether instances armed with this loader are peers of ``other``'s:
@@ -199,7 +210,7 @@ def armed_peers(
     # length of the scan.
     by_hook: dict[Any, bool] = {loader: True}
     by_profile: dict[Any, bool] = {}
-    profile_key = _compat.PROFILE_KEY
+    find_profile = profile_finder()
 
     def batches(hook: Any) -> bool:
         verdict = by_hook.get(hook)
@@ -219,7 +230,7 @@ def armed_peers(
             if not batches(hook):
                 continue
         else:
-            profile = namespace.get(profile_key)
+            profile = find_profile(state)
             if profile is None:
                 continue
             verdict = by_profile.get(profile)

@@ -23,6 +23,7 @@ from sqlalchemy.util import immutabledict
 
 from . import _compat
 from ._arming import profile_for
+from ._expiry import ensure_expire_listener, ensure_refresh_hook
 from ._modes import LOAD, RAISE, WARN
 from ._peers import ArmedLoader
 from .exc import LazyLoadingAttributeError
@@ -59,6 +60,7 @@ class ArmedElement:
         "mode",
         "nested",
         "raise_keys",
+        "refreshes",
         "strategy",
         "underlying",
         "wild",
@@ -81,9 +83,11 @@ class ArmedElement:
         chunk_size: int | None,
         anchor: bool = False,
         raise_keys: frozenset[str] | None = None,
+        refreshes: bool = True,
     ) -> None:
         self.anchor = anchor
         self.raise_keys = raise_keys
+        self.refreshes = refreshes
         self.strategy = strategy
         self.mode = mode
         self.wild = wild
@@ -104,6 +108,7 @@ class ArmedElement:
             self.chunk_size,
             self.anchor,
             self.raise_keys,
+            self.refreshes,
         )
 
     def _to_option_method_string(self) -> str:
@@ -201,7 +206,10 @@ def _install(
     """Arm ``loader``'s attribute on every instance the rows reach: one
     entry in this query's profile, which the rows carry."""
     profile = profile_for(context, path, mapper, loader.chunk_size, populators)
-    if profile.arm(mapper, loader) and (context.populate_existing or mapper.always_refresh):
+    ensure_refresh_hook(mapper)
+    if not profile.arm(mapper, loader):
+        ensure_expire_listener(mapper)  # a per-instance hook: an expire drops it
+    elif context.populate_existing or mapper.always_refresh:
         # Dispatched at class level, like SQLAlchemy's own lazy loader:
         # populate_existing() only needs to drop a loaded value.
         populators["expire"].append((loader.key, False))
@@ -214,8 +222,10 @@ def _remember_armed(
     the query returns, new or already in the session, carries its profile,
     even when nothing on it was left unloaded (for expired columns)."""
     profile = profile_for(context, path, mapper, loadopt.chunk_size, populators)
-    profile.refresh_mode = loadopt.mode
-    profile.raise_keys = loadopt.raise_keys
+    ensure_refresh_hook(mapper)
+    if loadopt.refreshes:
+        profile.refresh_mode = loadopt.mode
+        profile.raise_keys = loadopt.raise_keys
 
 
 def _mode_of(loadopt: Any, strategy_mode: str) -> str:
