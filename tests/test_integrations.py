@@ -1,4 +1,4 @@
-"""The Flask-SQLAlchemy and FastAPI set-ups of ``docs/ergonomics.md``, run as
+"""The Flask-SQLAlchemy and FastAPI set-ups of the README, run as
 written: each test imports the documentation's code blocks (marked
 ``<!-- snippet: name -->``) as a module, pointed at the test database by the
 ``DATABASE_URL`` environment variable the snippets read.
@@ -30,7 +30,7 @@ from tests.ergo_models import async_url
 
 pytest_plugins = ["pytester"]
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "ergonomics.md"
+DOCS = Path(__file__).resolve().parent.parent / "README.md"
 _SNIPPET = re.compile(r"<!-- snippet: (\w+) -->\n```python\n(.*?)```", re.DOTALL)
 _module_numbers = itertools.count()
 
