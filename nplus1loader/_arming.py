@@ -22,7 +22,9 @@ The first execution registers its profiles there; a later execution of
 the same option whose profile differs (other options beside it, other
 loader criteria) stores its own on each row instead, in the state's
 ``__dict__``, as it does for instances already in the session, which
-SQLAlchemy does not re-stamp.  An explicit profile wins over the stamped
+SQLAlchemy does not re-stamp, and as every execution does whose rows can
+reach an instance at two paths (joined eager loading), where SQLAlchemy
+moves the instance's stamped path.  An explicit profile wins over the stamped
 one.  Either way the profile survives ``expire()`` and dies with what
 refers to it; pickled instances come back unarmed.
 """
@@ -136,7 +138,7 @@ def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any
     # What SQLAlchemy stamps as ``state.load_options`` on the instances
     # this execution creates (and on those it fully reloads).
     stamped = _compat.propagated_options(context)
-    owner = _owner(stamped)
+    owner = _owner(stamped) if _compat.rows_reach_one_path(context) else None
     stamp_key = (_compat.stamped_natural_path(context, path), mapper)
     # Whether the stamp finds this very profile: decided at the first row,
     # when every strategy of the query has added its loaders.

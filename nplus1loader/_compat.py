@@ -115,6 +115,21 @@ def natural_path(path: Any) -> tuple[Any, ...]:
     return tuple(path.natural_path)
 
 
+def rows_reach_one_path(context: Any) -> bool:
+    """Whether every instance this query execution creates stays at the
+    path it was created at: one ORM entity, and no joined eager loading
+    (``joinedload()``, ``contains_eager()``), which can bring an instance at
+    a second path of the same execution, whereupon SQLAlchemy moves its
+    ``load_path`` (to the last path seen on 2.0, the shallowest on 2.1)."""
+    compile_state = context.compile_state
+    if compile_state.eager_joins or len(mapper_entities(compile_state)) != 1:
+        return False
+    return not any(
+        isinstance(key, tuple) and key and key[0] == "user_defined_eager_row_processor"
+        for key in context.attributes
+    )
+
+
 def stamped_natural_path(context: Any, path: Any) -> tuple[Any, ...]:
     """The natural path SQLAlchemy stamps as ``state.load_path`` on the
     instances this path of this query execution creates (as

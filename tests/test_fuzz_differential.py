@@ -1275,6 +1275,23 @@ FOUND = {
             Op("touch", (("", 0), (True, 2))),
         ),
     ),
+    # Author 2 came first as a lead row (armed to raise through the stamp of
+    # its options and path), then as author 4's joined mentor: SQLAlchemy
+    # 2.0 moved its stamped path to the mentor's, and the stamp found no
+    # profile there (fixed: executions with joined eager loads store the
+    # profile on each row).
+    "joined-eager-load-moves-the-stamped-path": Program(
+        _graph(
+            author=[
+                {**AUTHOR_1, "id": i, "name": f"author {i}", "mentor_id": 2 if i == 4 else None}
+                for i in (1, 2, 3, 4)
+            ]
+        ),
+        (
+            Op("query", ("Author", Opt("raiseload_all", stock=JOINED_MENTOR), None)),
+            Op("touch", (("Author", 1), (True, 0))),
+        ),
+    ),
     # Under raiseload_all('*'), reading each author's primary key after a
     # commit is one refresh per author: it raises, like any other column.
     "loop-over-expired-primary-key-raises": Program(
