@@ -14,12 +14,11 @@ Checked against SQLAlchemy 2.0.58 and 2.1.9.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.orm import base as _orm_base
 from sqlalchemy.orm import context as _orm_context
-from sqlalchemy.orm import loading as _orm_loading
 from sqlalchemy.orm import strategies as _orm_strategies
 from sqlalchemy.orm import strategy_options as _orm_strategy_options
 from sqlalchemy.orm.state import InstanceState
@@ -53,10 +52,6 @@ AbstractLoad: type = _orm_strategy_options._AbstractLoad
 
 _MapperEntity: type = _first(_orm_context, "_MapperEntity")
 
-_load_scalar_attributes: Callable[..., Any] = _first(
-    _orm_loading, "_load_scalar_attributes", "load_scalar_attributes"
-)
-
 
 def attach_loader_method(name: str, method: Callable[..., Any]) -> None:
     """Make ``joinedload(X.y).<name>(...)`` chainable, as SQLAlchemy's own
@@ -73,12 +68,6 @@ def register_option_label(strategy_key: tuple[Any, ...], label: str) -> None:
         labels.setdefault((strategy_key, None), label)
 
 
-def instance_callable_installer(
-    class_manager: Any, loader: Callable[..., Any], key: str
-) -> Callable[[InstanceState[Any], dict[str, Any], Any], None]:
-    """A row populator that puts ``loader`` into ``state.callables[key]``:
-    the per-instance hook SQLAlchemy calls when the attribute is touched."""
-    return InstanceState._instance_level_callable_processor(class_manager, loader, key)
 
 
 def mapper_entities(compile_state: Any) -> list[Any]:
@@ -96,8 +85,6 @@ def current_path(compile_state: Any) -> Any:
     return compile_state.compile_options._current_path
 
 
-def is_refresh(compile_state: Any) -> bool:
-    return bool(compile_state.compile_options._for_refresh_state)
 
 
 def loader_keys(prop_path: Any) -> tuple[Any, Any, Any]:
@@ -155,12 +142,6 @@ def only_load_props(context: Any) -> Any:
     return context.query._compile_options._only_load_props
 
 
-def load_scalar_attributes(mapper: Any, state: InstanceState[Any], keys: Iterable[str]) -> None:
-    """Stock one-row refresh of column attributes; raises
-    ``ObjectDeletedError`` when the row is gone."""
-    from sqlalchemy.orm.base import PassiveFlag
-
-    _load_scalar_attributes(mapper, state, set(keys), PassiveFlag.PASSIVE_OFF)
 
 
 def load_for_state(strategy: Any, state: InstanceState[Any], passive: Any) -> Any:
@@ -200,8 +181,6 @@ def result_tuples(result: Any) -> Any:
     return result
 
 
-def state_attr_by_column(mapper: Any, state: InstanceState[Any], column: Any, passive: Any) -> Any:
-    return mapper._get_state_attr_by_column(state, state.dict, column, passive=passive)
 
 
 def all_states(session: Any) -> list[InstanceState[Any]]:

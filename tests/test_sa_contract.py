@@ -1,0 +1,190 @@
+"""The SQLAlchemy internals ``nplus1loader/_compat.py`` relies on, each
+checked on its own, so that a new SQLAlchemy release that moves one fails
+here with its name, not somewhere deep in a batch.
+
+Everything else in the suite exercises them through the library; these
+tests pin the contract itself: the names exist, and behave as
+``_compat``'s docstrings say.  No database server is needed: an in-memory
+SQLite engine does.
+"""
+
+from __future__ import annotations
+
+import inspect as pyinspect
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import ForeignKey, String, create_engine, event, select
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    configure_mappers,
+    deferred,
+    joinedload,
+    mapped_column,
+    relationship,
+)
+from sqlalchemy.orm.interfaces import LoaderOption, LoaderStrategy
+from sqlalchemy.orm.state import InstanceState
+
+from nplus1loader import _compat
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Owner(Base):
+    __tablename__ = "contract_owner"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(20))
+    bio: Mapped[str | None] = deferred(mapped_column(String(20)))
+    pets: Mapped[list[Pet]] = relationship(back_populates="owner")
+
+
+class Pet(Base):
+    __tablename__ = "contract_pet"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("contract_owner.id"))
+    owner: Mapped[Owner] = relationship(back_populates="pets")
+
+
+@pytest.fixture
+def session() -> Iterator[Session]:
+    engine = create_engine("sqlite://")
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add_all([Owner(id=i, name=f"o{i}", bio="b", pets=[Pet(id=i)]) for i in (1, 2)])
+        session.commit()
+        yield session
+    engine.dispose()
+
+
+def test_strategy_base_classes_are_loader_strategies() -> None:
+    for base in (_compat.LazyLoader, _compat.DeferredColumnLoader):
+        assert issubclass(base, LoaderStrategy)
+    signature = pyinspect.signature(LoaderStrategy.create_row_processor)
+    assert list(signature.parameters) == [
+        "self",
+        "context",
+        "query_entity",
+        "path",
+        "loadopt",
+        "mapper",
+        "result",
+        "adapter",
+        "populators",
+    ]
+
+
+def test_deferred_markers_and_option_base() -> None:
+    assert len(set(map(id, _compat.DEFERRED_MARKERS))) == 3
+    assert hasattr(_compat.AbstractLoad, "_set_column_strategy")
+    assert hasattr(_compat.AbstractLoad, "_set_relationship_strategy")
+
+
+def test_class_level_loaders_exist_where_documented() -> None:
+    configure_mappers()
+    owner = Owner.__mapper__
+    assert _compat.class_level_loader(owner, "pets") is not None  # lazy relationship
+    assert _compat.class_level_loader(owner, "bio") is not None  # deferred by the mapping
+    assert _compat.class_level_loader(owner, "name") is None  # a plain column has none
+    assert _compat.class_level_loader(owner, "missing") is None
+
+
+def test_expired_attribute_loader_is_a_settable_hook() -> None:
+    manager = Owner.__mapper__.class_manager
+    loader = _compat.class_manager_expired_loader(manager)
+    assert callable(loader)
+    _compat.set_class_manager_expired_loader(manager, loader)
+    assert _compat.class_manager_expired_loader(manager) is loader
+
+
+class _Grab(LoaderOption):
+    """Hands the compile state of the query it is given to over to a test."""
+
+    _traverse_internals: list[Any] = []
+    seen: list[Any] = []
+
+    def process_compile_state(self, compile_state: Any) -> None:
+        self.seen.append(compile_state)
+
+
+def test_loader_keys_and_paths(session: Session) -> None:
+    session.scalars(select(Owner).options(_Grab())).all()
+    compile_state = _Grab.seen[-1]
+    [entity] = _compat.mapper_entities(compile_state)
+    path = _compat.entity_path(entity)
+    exact, wildcard, default = _compat.loader_keys(path[Owner.__mapper__.attrs["pets"]])
+    assert exact[0] == wildcard[0] == default[0] == "loader"
+    assert _compat.natural_path(path) == (Owner.__mapper__,)
+    assert not _compat.natural_path(_compat.current_path(compile_state))
+    assert set(Owner.__mapper__.primary_key) <= set(
+        _compat.should_undefer_in_wildcard(Owner.__mapper__)
+    )
+
+
+def test_relationship_strategy_internals() -> None:
+    lazy = _compat.get_strategy(Pet.__mapper__.attrs["owner"], (("lazy", "select"),))
+    assert lazy.use_get
+    equated = _compat.equated_columns(lazy)
+    assert equated[Owner.__table__.c.id] is Pet.__table__.c.owner_id
+    assert _compat.selectin_omits_join(Owner.__mapper__.attrs["pets"])
+
+
+def test_result_tuples_reads_by_position(session: Session) -> None:
+    rows = list(_compat.result_tuples(session.execute(select(Owner.id, Owner.name))))
+    assert [tuple(row) for row in rows] == [(1, "o1"), (2, "o2")]
+    joined = session.execute(select(Owner).options(joinedload(Owner.pets)))
+    assert sorted(o.id for (o,) in _compat.result_tuples(joined)) == [1, 2]
+
+
+def test_profile_key_lives_in_the_state_dict_and_is_not_pickled(session: Session) -> None:
+    state = sa_inspect(session.get(Owner, 1))
+    state.__dict__[_compat.PROFILE_KEY] = object()
+    try:
+        assert _compat.PROFILE_KEY not in state.__getstate__()
+    finally:
+        del state.__dict__[_compat.PROFILE_KEY]
+
+
+def test_refresh_trigger_reads_the_attribute_machinery(session: Session) -> None:
+    """The frames _compat.refresh_trigger walks: the expired-attribute loader
+    is called from _fire_loader_callables(state, key, ...), called by the
+    attribute's get(), called by the descriptor's __get__."""
+    owners = session.scalars(select(Owner)).all()
+    session.expire_all()
+    manager = Owner.__mapper__.class_manager
+    original = _compat.class_manager_expired_loader(manager)
+    seen: list[tuple[str | None, bool]] = []
+
+    def spy(state: InstanceState[Any], toload: Any, passive: Any) -> Any:
+        seen.append(_compat.refresh_trigger(state))
+        return original(state, toload, passive)
+
+    _compat.set_class_manager_expired_loader(manager, spy)
+    try:
+        owners[0].name  # noqa: B018 -- user code reading an expired column
+    finally:
+        _compat.set_class_manager_expired_loader(manager, original)
+    assert seen == [("name", True)]
+
+
+def test_stamped_options_and_joined_eager_loads(session: Session) -> None:
+    contexts: list[Any] = []
+
+    @event.listens_for(Owner, "load")
+    def grab(target: Any, context: Any) -> None:
+        contexts.append(context)
+
+    session.scalars(select(Owner)).all()
+    session.expunge_all()
+    session.scalars(select(Owner).options(joinedload(Owner.pets))).unique().all()
+    plain, joined = contexts[0], contexts[-1]
+    assert isinstance(_compat.propagated_options(plain), tuple)
+    assert _compat.rows_reach_one_path(plain)
+    assert not _compat.rows_reach_one_path(joined)
+
