@@ -1,12 +1,13 @@
 """What happens when an armed attribute is touched: find its armed peers in
 the session and batch-load the attribute for all of them.
 
-An instance is *armed* for an attribute when a query carrying an nplus1
-option left an :class:`ArmedLoader` in ``state.callables[key]``: the
-per-instance hook SQLAlchemy calls on first access.  Peers are looked up in
-the session's identity map at touch time, so instances from other queries
-count when they were armed too, and the hooks hold no strong reference to any
-instance: dropping an object frees it.
+An instance is *armed* for an attribute when the query that loaded it
+(or the latest nplus1 query that reached it) left an :class:`ArmedLoader`
+for it: in its profile (see ``_arming``), or as a per-instance hook in
+``state.callables[key]``.  SQLAlchemy calls the loader on first access.
+Peers are looked up in the session's identity map at touch time, so
+instances from other queries count when they were armed too, and loaders
+and profiles hold no reference to any instance: dropping an object frees it.
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ __all__ = ["LOAD", "RAISE", "WARN", "ArmedLoader", "StockLoader", "armed_peers"]
 
 
 class ArmedLoader:
-    """The per-instance loader callable of one armed attribute.
+    """The loader callable of one armed attribute.
 
-    One object is shared by every instance that one query armed at one path,
-    so arming costs a dict entry per instance.  ``strategy`` is the loader
+    One object is shared by every instance that one query armed at one
+    path, through their profile or as their per-instance hook.  ``strategy`` is the loader
     strategy that armed the attribute; its stock ``_load_for_state`` is the
     fallback for everything a batch must not do (no SQL allowed, detached,
     pending, a row that vanished).

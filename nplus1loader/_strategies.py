@@ -237,7 +237,7 @@ def _mode_of(loadopt: Any, strategy_mode: str) -> str:
 @RelationshipProperty.strategy_for(lazy="nplus1loader")
 @RelationshipProperty.strategy_for(lazy="nplus1loader_raise")
 class ArmedRelationshipLoader(_compat.LazyLoader):  # type: ignore[misc]
-    """A lazy loader whose per-instance hook batch-loads (or raises)."""
+    """A lazy loader whose armed instances batch-load (or raise)."""
 
     __slots__ = ("_nplus1_mode",)
 
@@ -296,8 +296,8 @@ class ArmedRelationshipLoader(_compat.LazyLoader):  # type: ignore[misc]
 @ColumnProperty.strategy_for(nplus1loader=LOAD)
 @ColumnProperty.strategy_for(nplus1loader=RAISE)
 class ArmedColumnLoader(_compat.DeferredColumnLoader):  # type: ignore[misc]
-    """A deferred-column loader whose per-instance hook batch-loads (or
-    raises).  Subclassing the stock deferred loader keeps its rules: the
+    """A deferred-column loader whose armed instances batch-load (or
+    raise).  Subclassing the stock deferred loader keeps its rules: the
     primary key and discriminator are always loaded, a refresh loads what it
     was asked for."""
 
@@ -348,7 +348,7 @@ class ArmedColumnLoader(_compat.DeferredColumnLoader):  # type: ignore[misc]
         )
         if memoized_populators.get(prop) in _compat.DEFERRED_MARKERS:
             # Without its marker the column goes through create_row_processor
-            # below, where we install our hook instead of SQLAlchemy's.
+            # below, where the column is armed instead of SQLAlchemy's hook.
             del memoized_populators[prop]
 
     def create_row_processor(
