@@ -1,11 +1,12 @@
 """Memory: arming holds no instance alive, and big sessions do not leak
 (issue 9).
 
-nplus1loader keeps per-instance hooks (``state.callables``), a profile per
-query on each instance state, and finds peers in the session's identity map,
-which holds instances weakly.  So an instance the user drops must be
-collected, whatever was armed on it, and loading, batch-loading and
-expunging 100,000 instances again and again must not grow memory.
+nplus1loader keeps profiles (on the nplus1 option an instance's stamped
+load options hold, or on the instance state), a few per-instance hooks
+(``state.callables``), and finds peers in the session's identity map, which
+holds instances weakly.  So an instance the user drops must be collected,
+whatever was armed on it, and loading, batch-loading and expunging 100,000
+instances again and again must not grow memory.
 """
 
 from __future__ import annotations
