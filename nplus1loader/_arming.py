@@ -103,7 +103,8 @@ def profile_for(
 ) -> Profile:
     """The profile of this query execution for this path and mapper; the
     first call also registers the row populator that arms the instances the
-    rows reach (new ones, and ones already in the session)."""
+    rows reach (new ones, and, unless this is a batch load, ones already in
+    the session)."""
     key = ("nplus1loader.profile", _compat.natural_path(path), mapper)
     found: Profile | None = context.attributes.get(key)
     if found is None:
@@ -116,7 +117,12 @@ def profile_for(
         anchor = mapper.get_property_by_column(mapper.primary_key[0]).key
         populate = _row_populator(found, context, path, mapper)
         populators["new"].append((anchor, populate))
-        populators["eager"].append((anchor, populate))
+        if not _compat.is_batch_load(context):
+            # A batch load leaves instances already in the session armed as
+            # they were (SQLAlchemy keeps their load options too): an
+            # "eager" populator would cost a partial population per row,
+            # and most such rows are peers an earlier chunk armed alike.
+            populators["eager"].append((anchor, populate))
     return found
 
 
@@ -143,6 +149,22 @@ def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any
     # Whether the stamp finds this very profile: decided at the first row,
     # when every strategy of the query has added its loaders.
     shared: list[bool] = []
+    # For instances already in the session: whether what their stamp finds
+    # arms them exactly as this profile would, per stamp (the entries hold
+    # the stamp's objects, so their ids stay theirs).
+    alike: dict[tuple[int, int, Any], tuple[Any, Any, bool]] = {}
+
+    def stamped_alike(state: InstanceState[Any]) -> bool:
+        options, load_path = state.load_options, state.load_path
+        key = (id(options), id(load_path), state.manager)
+        found = alike.get(key)
+        if found is None:
+            other = profile_of(state)
+            same = other is profile or (
+                other is not None and other.signature() == profile.signature()
+            )
+            found = alike[key] = (options, load_path, same)
+        return found[2]
 
     def share() -> bool:
         if owner is None:
@@ -164,6 +186,16 @@ def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any
                 if hooks:
                     _install_hooks(state, dict_, hooks)
                 return
+        elif (
+            profile_key not in namespace
+            and not namespace.get("callables")
+            and stamped_alike(state)
+        ):
+            # Already in the session, armed alike by an earlier execution
+            # (another chunk of the same batch load, say): nothing changes.
+            if hooks:
+                _install_hooks(state, dict_, hooks)
+            return
         elif profile.refresh_mode is None and all(key in dict_ for key in loaders):
             # No anchor (raiseload_rel()) and nothing left unloaded here:
             # this query arms nothing on this instance.

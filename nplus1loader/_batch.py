@@ -331,7 +331,9 @@ def _load_many_to_one_by_identity(
         stmt = select(entity).where(key_filter(session, target, pk_attrs)).options(*options)
         found_by_key: dict[tuple[Any, ...], Any] = {}
         for chunk in chunks(list(wanted), size):
-            result = session.execute(stmt, {KEYS_PARAM: key_values(chunk)})
+            result = session.execute(
+                stmt, {KEYS_PARAM: key_values(chunk)}, execution_options=_compat.BATCH_LOAD
+            )
             for obj in result.unique().scalars():
                 found_by_key[instance_state(obj).key[1]] = obj  # type: ignore[index]
             statements += 1
@@ -448,7 +450,9 @@ def _collect(
     for chunk in chunks(states, size):
         by_identity = states_by_key(chunk, npk)
         collected: dict[Any, list[Any]] = {ident: [] for ident in by_identity}
-        result = session.execute(stmt, chunk_params(by_identity, npk))
+        result = session.execute(
+            stmt, chunk_params(by_identity, npk), execution_options=_compat.BATCH_LOAD
+        )
         statements += 1
         for row in _compat.result_tuples(result):
             bucket = collected.get(row[0] if npk == 1 else tuple(row[:npk]))

@@ -209,6 +209,16 @@ def set_class_manager_expired_loader(manager: Any, loader: Any) -> None:
 #: every refresh, and the arming would go with it.
 PROFILE_KEY = "_nplus1loader_profile"
 
+#: Execution options marking the statements of a batch load.
+BATCH_LOAD = {"nplus1loader_batch_load": True}
+
+
+def is_batch_load(context: Any) -> bool:
+    """Whether this query execution is one of nplus1loader's batch loads
+    (``QueryContext.execution_options`` holds the statement's and the
+    call's execution options)."""
+    return bool(context.execution_options.get("nplus1loader_batch_load"))
+
 
 def propagated_options(context: Any) -> Any:
     """The options a query execution hands on to the lazy loads and

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, defaultload, joinedload, lazyload, selectinload
 
 from nplus1loader import nplus1loader, nplus1loader_rels
@@ -264,3 +264,29 @@ def test_nested_arms_columns_of_loaded_targets(engine: Engine, session: Session)
     want = stock(engine, User, lambda u: [a.body for a in u.articles])
     assert got.queries == 2, got.statements  # articles, then the body group
     assert got.values == want.values
+
+
+def test_nested_batch_arms_what_it_brings_in_and_keeps_what_was_there(
+    engine: Engine, session: Session
+) -> None:
+    """A batch load arms the instances it creates (and those it refreshes);
+    an instance already in the session keeps the arming it had, as it keeps
+    SQLAlchemy's own load options: here an article an unarmed query loaded
+    earlier, which stays with stock lazy loading."""
+    earlier = session.scalars(select(Article).order_by(Article.id).limit(1)).one()
+    users = load(session, "scalars", User, nplus1loader("*"))
+    assert touch_all(engine, users, lambda u: u.articles).queries == 1
+    articles = [a for u in users for a in u.articles]
+    assert earlier in articles and len(articles) > 2
+    brought_in = [a for a in articles if a is not earlier]
+
+    got = touch_all(engine, brought_in, lambda a: a.comments)
+    assert got.queries == 1, got.statements  # every article the batch created
+    assert not loaded(earlier, "comments")
+    earlier_got = touch_all(engine, [earlier], lambda a: a.comments)
+    assert earlier_got.queries == 1  # stock lazy loading, as before the batch
+
+    want = stock(engine, Article, lambda a: a.comments)
+    seen = {**got.values, **earlier_got.values}
+    assert seen == {key: want.values[key] for key in seen}
+    assert len(seen) == len(articles)

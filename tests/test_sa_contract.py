@@ -188,3 +188,18 @@ def test_stamped_options_and_joined_eager_loads(session: Session) -> None:
     assert _compat.rows_reach_one_path(plain)
     assert not _compat.rows_reach_one_path(joined)
 
+
+
+def test_batch_load_marker_reaches_the_query_context(session: Session) -> None:
+    contexts: list[Any] = []
+
+    @event.listens_for(Owner, "load")
+    def grab(target: Any, context: Any) -> None:
+        contexts.append(context)
+
+    session.scalars(select(Owner)).all()
+    session.expunge_all()
+    session.scalars(select(Owner), execution_options=_compat.BATCH_LOAD).all()
+    assert contexts
+    assert not _compat.is_batch_load(contexts[0])
+    assert _compat.is_batch_load(contexts[-1])
