@@ -216,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
 
     rep = sub.add_parser("report", help="re-render report.md and chart.png from results.json")
     rep.set_defaults(func=cmd_report)
+    for command in (run, rep):
+        # Also after the command (`run --out DIR`), as ./run-benchmarks passes it.
+        command.add_argument("--out", type=Path, default=argparse.SUPPRESS, help="as above")
 
     prof = sub.add_parser("profile", help="profile one contender of one scenario")
     prof.add_argument("--db", choices=DATABASES, default="postgresql")
