@@ -1,0 +1,101 @@
+"""Every batch of one attribute reuses one compiled statement, whatever the
+chunk's length: SQLAlchemy compiles it once (an expanding ``IN``, or on
+PostgreSQL one array parameter, ``= ANY(:keys)``) and takes it from its
+statement cache for every later chunk.  On PostgreSQL the server also sees
+one statement text for all of them, so its own plan cache works too.
+
+Captured by an event listener: the statement text, the compiled object
+SQLAlchemy executed, and the parameters, of every statement a loop sends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, event, select
+from sqlalchemy.orm import Session
+
+from nplus1loader import nplus1loader
+from tests.core_models import Article, User, seed
+
+CHUNK = 2  # six users: chunks of 2, 2 and 2 (or shorter) for every shape
+
+
+class StatementLog:
+    """(text, compiled statement, parameters) of each statement sent."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.entries: list[tuple[str, Any, Any]] = []
+
+    def _record(
+        self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+    ) -> None:
+        self.entries.append((statement, context.compiled, parameters))
+
+    def __enter__(self) -> StatementLog:
+        event.listen(self.engine, "before_cursor_execute", self._record)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._record)
+
+
+@pytest.fixture
+def session(engine: Engine) -> Iterator[Session]:
+    seed(engine, users=6)
+    with Session(engine) as session:
+        yield session
+
+
+def _users(session: Session) -> list[User]:
+    stmt = select(User).options(nplus1loader("*", chunk_size=CHUNK)).order_by(User.id)
+    return list(session.scalars(stmt))
+
+
+def _articles(session: Session) -> list[Article]:
+    stmt = select(Article).options(nplus1loader("*", chunk_size=CHUNK)).order_by(Article.id)
+    return list(session.scalars(stmt))
+
+
+def _expired_users(session: Session) -> list[User]:
+    users = _users(session)
+    session.commit()
+    return users
+
+
+# name: (load the instances, touch one attribute)
+SHAPES: dict[str, tuple[Callable[[Session], list[Any]], Callable[[Any], Any]]] = {
+    "deferred column": (_users, lambda u: u.bio),
+    "one-to-many by foreign key": (_users, lambda u: list(u.articles)),
+    "many-to-many through the join": (_users, lambda u: list(u.groups)),
+    "many-to-one by identity": (_articles, lambda a: a.author),
+    "expired columns": (_expired_users, lambda u: u.name),
+}
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_every_chunk_reuses_one_compiled_statement(
+    engine: Engine, session: Session, shape: str
+) -> None:
+    load, touch = SHAPES[shape]
+    objs = load(session)
+    with StatementLog(engine) as log:
+        for obj in objs:
+            touch(obj)
+    texts = [text for text, _, _ in log.entries]
+    assert len(texts) >= 2, texts  # several chunks, or nothing is shown
+    compiled = {id(c) for _, c, _ in log.entries}
+    assert len(compiled) == 1, texts  # compiled once, then from the cache
+
+    if engine.dialect.name == "postgresql":
+        assert len(set(texts)) == 1, texts  # one text whatever the chunk length
+        assert "= ANY (" in texts[0] or "= ANY(" in texts[0], texts[0]
+        for _, _, parameters in log.entries:
+            arrays = [v for v in parameters.values() if isinstance(v, list)]
+            assert len(arrays) == 1, parameters  # the keys travel as one array
+            assert 1 <= len(arrays[0]) <= CHUNK
+    else:
+        assert all(" IN (" in text for text in texts), texts
