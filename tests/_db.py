@@ -296,6 +296,18 @@ class EngineRegistry:
 # counting statements
 
 
+def keys_sent(value: Any) -> int | None:
+    """How many keys one statement parameter carries, if it carries a list
+    of them: a list or tuple (an expanding ``IN``, an array), or the text of
+    a PostgreSQL array literal, ``'{1,2,3}'`` (psycopg2 batches); None for a
+    plain value."""
+    if isinstance(value, list | tuple):
+        return len(value)
+    if isinstance(value, str) and value.startswith("{") and value.endswith("}"):
+        return len(value[1:-1].split(",")) if value != "{}" else 0
+    return None
+
+
 class QueryCounter:
     """Records every SQL statement an Engine sends to the database.
 

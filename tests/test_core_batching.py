@@ -22,6 +22,7 @@ from nplus1loader import (
     nplus1loader_rels,
     raiseload_all,
 )
+from tests._db import keys_sent
 from tests.core_models import (
     Animal,
     Cat,
@@ -45,7 +46,7 @@ def session(engine: Engine) -> Iterator[Session]:
 class ParameterCounter:
     """The number of keys each statement sent: an expanded ``IN`` list has
     one parameter per instance, PostgreSQL's ``= ANY(:keys)`` one array of
-    them; either way this shows each chunk's size."""
+    them (or its literal); either way this shows each chunk's size."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -53,7 +54,7 @@ class ParameterCounter:
 
     def _record(self, conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
         values = parameters.values() if isinstance(parameters, dict) else parameters
-        self.sizes.append(sum(len(v) if isinstance(v, list | tuple) else 1 for v in values))
+        self.sizes.append(sum(keys_sent(v) or 1 for v in values))
 
     def __enter__(self) -> ParameterCounter:
         event.listen(self.engine, "before_cursor_execute", self._record)
