@@ -632,6 +632,9 @@ class Runner:
         self.model = ArmModel()
         self.statements: list[str] = []
         self.populated: set[InstanceState[Any]] = set()  # reached by a query row, this step
+        # ... of which the row populated fully: created, or reloaded with its
+        # primary key expired (what a batch load arms; see after_loads)
+        self.created: set[InstanceState[Any]] = set()
         self.log: list[str] = []
         chunks = [op.args[1].chunk for op in program.ops if op.kind == "query"]
         self.chunk = min([c for c in chunks if c] or [nplus1loader.DEFAULT_CHUNK_SIZE])
@@ -643,10 +646,15 @@ class Runner:
 
     def _on_load(self, state: InstanceState[Any], context: Any) -> None:
         self.populated.add(state)
+        self.created.add(state)
 
     def _on_refresh(self, state: InstanceState[Any], context: Any, keys: Any) -> None:
         if context.refresh_state is None:
             self.populated.add(state)  # an existing instance a query row reached
+            mapper = state.mapper
+            anchor = mapper.get_property_by_column(mapper.primary_key[0]).key
+            if keys is None or anchor in keys:
+                self.created.add(state)
 
     def _on_expire(self, state: InstanceState[Any], keys: Any) -> None:
         self.model.expired(state, None if keys is None else list(keys))
@@ -714,6 +722,7 @@ class Runner:
         assigned attribute keeps its hook)."""
         before = self.snapshot()
         self.populated.clear()
+        self.created.clear()
         outcome = self.attempt(self.n, fn)
         if effect != "assign":
             self.after_loads(before, nested=effect == "hooks")
@@ -722,9 +731,10 @@ class Runner:
     def after_loads(self, before: dict[InstanceState[Any], Snap], nested: bool) -> None:
         """Loading an attribute removes its hook.  A relationship an armed
         hook batch-loaded (``nested=True``) arms the instances its query
-        brought, as ``nplus1loader('*')`` would: the targets a query row
-        populated (not those found in the identity map by a many-to-one,
-        nor those a backref had queued on the collection)."""
+        brought, as ``nplus1loader('*')`` would: the targets its rows
+        created or fully reloaded (not those already in the session, which
+        keep their arming; not those found in the identity map by a
+        many-to-one, nor those a backref had queued on the collection)."""
         brought: dict[InstanceState[Any], None] = {}
         for state, snap in before.items():
             attrs = ATTRS[state.class_.__name__]
@@ -735,7 +745,7 @@ class Runner:
                     continue
                 for target in values_of(attr, state.dict.get(key)):
                     t_state = inspect(target)
-                    if t_state in self.populated:
+                    if t_state in self.created:
                         brought[t_state] = None
         for t_state in brought:
             t_snap = before.get(t_state)
@@ -1351,6 +1361,29 @@ FOUND = {
             Op("query", ("Post", Opt("nplus1loader", ("author",)), None)),
             Op("delete", (("Post", 0),)),
             Op("flush"),
+        ),
+    ),
+    # Posts loaded without the option, then reached by the nested batch of
+    # an armed tag's posts: the model still armed them, the library (since
+    # batch loads leave instances already in the session armed as they
+    # were) does not (fixed in the model: a batch arms what its rows create
+    # or fully reload).
+    "nested-batch-leaves-existing-instances-alone": Program(
+        _graph(
+            author=[{**AUTHOR_1, "mentor_id": None}],
+            post=[
+                {"id": i, "author_id": None, "title": f"post {i}", "body": None}
+                for i in (1, 2, 3)
+            ],
+            tag=[{"id": 1, "label": "alpha"}],
+            post_tag=[{"post_id": 2, "tag_id": 1}, {"post_id": 3, "tag_id": 1}],
+        ),
+        (
+            *[Op("query", ("Author", Opt(), None))] * 5,
+            Op("query", ("Post", Opt(), None)),
+            Op("query", ("Tag", Opt("nplus1loader"), None)),
+            Op("touch", (("", 4), (True, 0))),
+            Op("touch", (("", 2), (True, 0))),
         ),
     ),
 }
