@@ -150,28 +150,22 @@ def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any
     # when every strategy of the query has added its loaders.
     shared: list[bool] = []
     # For instances already in the session: whether what their stamp finds
-    # arms them exactly as this profile would, per stamp (the entries hold
-    # the stamp's objects, so their ids stay theirs).
-    alike: dict[tuple[int, int, Any], tuple[Any, Any, bool]] = {}
+    # arms them exactly as this profile would (one verdict per profile found).
+    find_profile = profile_finder()
+    verdicts: dict[Profile | None, bool] = {}
 
     def stamped_alike(state: InstanceState[Any]) -> bool:
-        options, load_path = state.load_options, state.load_path
-        key = (id(options), id(load_path), state.manager)
-        found = alike.get(key)
-        if found is None:
-            other = profile_of(state)
-            same = other is profile or (
-                other is not None and other.signature() == profile.signature()
-            )
-            found = alike[key] = (options, load_path, same)
-        return found[2]
+        other = find_profile(state)
+        same = verdicts.get(other)
+        if same is None:
+            same = verdicts[other] = _arm_alike(other, profile)
+        return same
 
     def share() -> bool:
         if owner is None:
             return False
         profiles = owner.__dict__.setdefault("nplus1_profiles", {})
-        registered = profiles.setdefault(stamp_key, profile)
-        return registered is profile or registered.signature() == profile.signature()
+        return _arm_alike(profiles.setdefault(stamp_key, profile), profile)
 
     def arm(state: InstanceState[Any], dict_: Any, row: Any) -> None:
         namespace = state.__dict__
@@ -221,6 +215,10 @@ def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any
             _install_hooks(state, dict_, hooks)
 
     return arm
+
+
+def _arm_alike(one: Profile | None, other: Profile) -> bool:
+    return one is other or (one is not None and one.signature() == other.signature())
 
 
 def _install_hooks(state: InstanceState[Any], dict_: Any, hooks: dict[str, Any]) -> None:

@@ -209,15 +209,17 @@ def set_class_manager_expired_loader(manager: Any, loader: Any) -> None:
 #: every refresh, and the arming would go with it.
 PROFILE_KEY = "_nplus1loader_profile"
 
+_BATCH_LOAD_KEY = "nplus1loader_batch_load"
+
 #: Execution options marking the statements of a batch load.
-BATCH_LOAD = {"nplus1loader_batch_load": True}
+BATCH_LOAD = {_BATCH_LOAD_KEY: True}
 
 
 def is_batch_load(context: Any) -> bool:
     """Whether this query execution is one of nplus1loader's batch loads
     (``QueryContext.execution_options`` holds the statement's and the
     call's execution options)."""
-    return bool(context.execution_options.get("nplus1loader_batch_load"))
+    return bool(context.execution_options.get(_BATCH_LOAD_KEY))
 
 
 def propagated_options(context: Any) -> Any:

@@ -173,33 +173,36 @@ def test_refresh_trigger_reads_the_attribute_machinery(session: Session) -> None
     assert seen == [("name", True)]
 
 
-def test_stamped_options_and_joined_eager_loads(session: Session) -> None:
+def _load_contexts(session: Session, *executions: tuple[Any, dict[str, Any]]) -> list[Any]:
+    """The query context of each (statement, execution options) run in a
+    fresh identity map, as the load event receives it."""
     contexts: list[Any] = []
 
-    @event.listens_for(Owner, "load")
     def grab(target: Any, context: Any) -> None:
         contexts.append(context)
 
-    session.scalars(select(Owner)).all()
-    session.expunge_all()
-    session.scalars(select(Owner).options(joinedload(Owner.pets))).unique().all()
-    plain, joined = contexts[0], contexts[-1]
+    event.listen(Owner, "load", grab)
+    try:
+        found = []
+        for statement, options in executions:
+            session.expunge_all()
+            session.scalars(statement, execution_options=options).unique().all()
+            found.append(contexts[-1])
+        return found
+    finally:
+        event.remove(Owner, "load", grab)
+
+
+def test_stamped_options_and_joined_eager_loads(session: Session) -> None:
+    plain, joined = _load_contexts(
+        session, (select(Owner), {}), (select(Owner).options(joinedload(Owner.pets)), {})
+    )
     assert isinstance(_compat.propagated_options(plain), tuple)
     assert _compat.rows_reach_one_path(plain)
     assert not _compat.rows_reach_one_path(joined)
 
 
-
 def test_batch_load_marker_reaches_the_query_context(session: Session) -> None:
-    contexts: list[Any] = []
-
-    @event.listens_for(Owner, "load")
-    def grab(target: Any, context: Any) -> None:
-        contexts.append(context)
-
-    session.scalars(select(Owner)).all()
-    session.expunge_all()
-    session.scalars(select(Owner), execution_options=_compat.BATCH_LOAD).all()
-    assert contexts
-    assert not _compat.is_batch_load(contexts[0])
-    assert _compat.is_batch_load(contexts[-1])
+    plain, batch = _load_contexts(session, (select(Owner), {}), (select(Owner), _compat.BATCH_LOAD))
+    assert not _compat.is_batch_load(plain)
+    assert _compat.is_batch_load(batch)
