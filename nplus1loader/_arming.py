@@ -249,11 +249,21 @@ def profile_of(state: InstanceState[Any]) -> Profile | None:
 def profile_finder() -> Callable[[InstanceState[Any]], Profile | None]:
     """:func:`profile_of` for a scan over many states: the stamped lookup
     is cached per stamp, which the instances one execution created share
-    (the states scanned hold those objects, so their ids stay theirs)."""
+    (the states scanned hold those objects, so their ids stay theirs).
+
+    The identity map keeps instances in the order they arrived, so a run of
+    states shares one stamp: the previous stamp is checked first, by
+    identity, before any tuple is built.
+    """
     cache: dict[tuple[int, int, Any], Profile | None] = {}
     profile_key = _compat.PROFILE_KEY
+    last_options: Any = None
+    last_path: Any = None
+    last_manager: Any = None
+    last_found: Profile | None = None
 
     def find(state: InstanceState[Any]) -> Profile | None:
+        nonlocal last_options, last_path, last_manager, last_found
         namespace = state.__dict__
         profile = namespace.get(profile_key)
         if profile is not None:
@@ -261,10 +271,15 @@ def profile_finder() -> Callable[[InstanceState[Any]], Profile | None]:
         options = namespace.get("load_options")
         if not options:
             return None
-        stamp = (id(options), id(namespace.get("load_path")), state.manager)
+        path = namespace.get("load_path")
+        manager = state.manager
+        if options is last_options and path is last_path and manager is last_manager:
+            return last_found
+        stamp = (id(options), id(path), manager)
         found = cache.get(stamp, cache)
         if found is cache:
             found = cache[stamp] = profile_of(state)
+        last_options, last_path, last_manager, last_found = options, path, manager, found
         return found  # type: ignore[return-value]
 
     return find

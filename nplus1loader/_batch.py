@@ -8,7 +8,7 @@ dirty), and the session does not autoflush while it runs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,18 +200,63 @@ def _load_columns(
         key_columns = list(mapper.primary_key)
         stmt = select(*key_columns, *(p.expression for p in group)).select_from(mapper.selectable)
     stmt = stmt.where(key_filter(session, mapper, key_columns))
+    statements = load_columns_by_key(session, mapper, stmt, states, size, keys)
+    return BatchResult(statements, len(states))
+
+
+def load_columns_by_key(
+    session: Session,
+    mapper: Mapper[Any],
+    stmt: Any,
+    states: list[InstanceState[Any]],
+    size: int,
+    keys: list[str],
+    each: Callable[[InstanceState[Any]], None] | None = None,
+) -> int:
+    """Run ``stmt`` (the primary key, then the columns of ``keys``, per
+    row) chunk by chunk, and store each row's values on its state (see
+    :func:`set_committed_columns`); ``each`` is called on every state a row
+    came back for.  Returns the number of statements."""
     bind = {"mapper": mapper}
-    npk = len(key_columns)
+    npk = len(mapper.primary_key)
+    one_column = npk == 1 and len(keys) == 1 and each is None
     statements = 0
     for chunk in chunks(states, size):
         by_identity = states_by_key(chunk, npk)
         result = session.execute(stmt, chunk_params(by_identity, npk), bind_arguments=bind)
         statements += 1
-        for row in _compat.result_tuples(result):
+        rows = _compat.result_tuples(result)
+        if one_column:
+            _set_committed_column(rows, by_identity, keys[0])
+            continue
+        for row in rows:
             state = by_identity.get(row[0] if npk == 1 else tuple(row[:npk]))
             if state is not None:
                 set_committed_columns(state, keys, row, npk)
-    return BatchResult(statements, len(states))
+                if each is not None:
+                    each(state)
+    return statements
+
+
+def _set_committed_column(rows: Iterable[Any], by_identity: dict[Any, Any], key: str) -> None:
+    """:func:`set_committed_columns` for the common batch, one column by a
+    one-column key, inline in the loop over its rows: a function call per
+    row was a fifth of the time a deferred-column batch spends in Python."""
+    for identity, value in rows:
+        state = by_identity.get(identity)
+        if state is None:
+            continue
+        dict_ = state.dict
+        if key in dict_ or key in state.committed_state:
+            continue  # changed in memory meanwhile
+        dict_[key] = value
+        state.expired = False
+        expired = state.expired_attributes
+        if expired:
+            expired.discard(key)
+        callables = state.callables
+        if callables:
+            callables.pop(key, None)
 
 
 def set_committed_columns(

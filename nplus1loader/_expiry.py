@@ -30,8 +30,8 @@ from sqlalchemy.orm.state import InstanceState
 
 from . import _compat
 from ._arming import profile_finder, profile_of, set_profile
-from ._batch import set_committed_columns
-from ._keys import DEFAULT_CHUNK_SIZE, chunk_params, chunks, key_filter, states_by_key
+from ._batch import load_columns_by_key
+from ._keys import DEFAULT_CHUNK_SIZE, key_filter
 from ._logging import find_call_site, log_batch
 from ._modes import RAISE, WARN, effective_mode, warn_at_call_site
 from ._stats import record_batch
@@ -229,20 +229,12 @@ def refresh_columns(
         .select_from(mapper.selectable)
         .where(key_filter(session, mapper, pk_columns))
     )
-    bind = {"mapper": mapper}
-    npk = len(pk_columns)
     trigger = states[0]
-    statements = 0
-    for chunk in chunks(states, chunk_size or DEFAULT_CHUNK_SIZE):
-        by_identity = states_by_key(chunk, npk)
-        result = session.execute(stmt, chunk_params(by_identity, npk), bind_arguments=bind)
-        statements += 1
-        for row in _compat.result_tuples(result):
-            state = by_identity.get(row[0] if npk == 1 else tuple(row[:npk]))
-            if state is None:
-                continue
-            set_committed_columns(state, keys, row, npk)
-            if state is not trigger:
-                # What SQLAlchemy's _load_expired does after refreshing.
-                state.expired_attributes.clear()
-    return statements
+
+    def settle(state: InstanceState[Any]) -> None:
+        if state is not trigger:
+            # What SQLAlchemy's _load_expired does after refreshing.
+            state.expired_attributes.clear()
+
+    size = chunk_size or DEFAULT_CHUNK_SIZE
+    return load_columns_by_key(session, mapper, stmt, states, size, keys, each=settle)
