@@ -150,16 +150,8 @@ def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any
     # when every strategy of the query has added its loaders.
     shared: list[bool] = []
     # For instances already in the session: whether what their stamp finds
-    # arms them exactly as this profile would (one verdict per profile found).
-    find_profile = profile_finder()
-    verdicts: dict[Profile | None, bool] = {}
-
-    def stamped_alike(state: InstanceState[Any]) -> bool:
-        other = find_profile(state)
-        same = verdicts.get(other)
-        if same is None:
-            same = verdicts[other] = _arm_alike(other, profile)
-        return same
+    # arms them exactly as this profile would.
+    stamped_alike = profile_verdicts(lambda other: _arm_alike(other, profile))
 
     def share() -> bool:
         if owner is None:
@@ -246,43 +238,56 @@ def profile_of(state: InstanceState[Any]) -> Profile | None:
     return profiles.get((_compat.natural_path(state.load_path), state.mapper))  # type: ignore[no-any-return]
 
 
-def profile_finder() -> Callable[[InstanceState[Any]], Profile | None]:
-    """:func:`profile_of` for a scan over many states: the stamped lookup
-    is cached per stamp, which the instances one execution created share
-    (the states scanned hold those objects, so their ids stay theirs).
+def profile_verdicts(
+    decide: Callable[[Profile | None], bool],
+) -> Callable[[InstanceState[Any]], bool]:
+    """For a scan over many states: ``decide(profile_of(state))``, computed
+    once per distinct profile.
 
-    The identity map keeps instances in the order they arrived, so a run of
+    A scan asks the same question of thousands of states that share a
+    handful of profiles: the verdict is cached per profile stored on a
+    state, and per stamp (``load_options``, ``load_path``, mapper) for the
+    stamped ones, which the instances one execution created share.  The
+    identity map keeps instances in the order they arrived, so a run of
     states shares one stamp: the previous stamp is checked first, by
-    identity, before any tuple is built.
+    identity, before any tuple is built.  The cache holds the stamps'
+    objects for the length of the scan, so their ids stay theirs.
     """
-    cache: dict[tuple[int, int, Any], Profile | None] = {}
+    by_profile: dict[Profile | None, bool] = {}
+    by_stamp: dict[tuple[int, int, Any], bool] = {}
     profile_key = _compat.PROFILE_KEY
     last_options: Any = None
     last_path: Any = None
     last_manager: Any = None
-    last_found: Profile | None = None
+    last_verdict = False
 
-    def find(state: InstanceState[Any]) -> Profile | None:
-        nonlocal last_options, last_path, last_manager, last_found
+    def verdict_on(profile: Profile | None) -> bool:
+        verdict = by_profile.get(profile)
+        if verdict is None:
+            verdict = by_profile[profile] = decide(profile)
+        return verdict
+
+    def verdict(state: InstanceState[Any]) -> bool:
+        nonlocal last_options, last_path, last_manager, last_verdict
         namespace = state.__dict__
         profile = namespace.get(profile_key)
         if profile is not None:
-            return profile  # type: ignore[no-any-return]
+            return verdict_on(profile)
         options = namespace.get("load_options")
         if not options:
-            return None
+            return verdict_on(None)
         path = namespace.get("load_path")
         manager = state.manager
         if options is last_options and path is last_path and manager is last_manager:
-            return last_found
+            return last_verdict
         stamp = (id(options), id(path), manager)
-        found = cache.get(stamp, cache)
-        if found is cache:
-            found = cache[stamp] = profile_of(state)
-        last_options, last_path, last_manager, last_found = options, path, manager, found
-        return found  # type: ignore[return-value]
+        found = by_stamp.get(stamp)
+        if found is None:
+            found = by_stamp[stamp] = verdict_on(profile_of(state))
+        last_options, last_path, last_manager, last_verdict = options, path, manager, found
+        return found
 
-    return find
+    return verdict
 
 
 def set_profile(state: InstanceState[Any], profile: Profile) -> None:

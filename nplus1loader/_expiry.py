@@ -29,7 +29,7 @@ from sqlalchemy.orm import ColumnProperty, Mapper, PassiveFlag
 from sqlalchemy.orm.state import InstanceState
 
 from . import _compat
-from ._arming import profile_finder, profile_of, set_profile
+from ._arming import profile_of, profile_verdicts, set_profile
 from ._batch import load_columns_by_key
 from ._keys import DEFAULT_CHUNK_SIZE, key_filter
 from ._logging import find_call_site, log_batch
@@ -189,23 +189,17 @@ def expired_peers(
     wanted = frozenset(toload)
     trigger_expired = trigger.expired_attributes
     shortcut = not trigger.committed_state and _loadable_expired(trigger) == wanted
-    find_profile = profile_finder()
-    refreshes: dict[Any, bool] = {}
+    refreshes = profile_verdicts(
+        lambda profile: profile is not None
+        and profile.refresh_mode is not None
+        and effective_mode(profile.refresh_mode) != RAISE
+    )
     peers = [trigger]
     for state in _compat.all_states(session):
         expired = state.expired_attributes
         if not expired or state is trigger:
             continue
-        profile = find_profile(state)
-        if profile is None:
-            continue
-        verdict = refreshes.get(profile)
-        if verdict is None:
-            verdict = refreshes[profile] = (
-                profile.refresh_mode is not None
-                and effective_mode(profile.refresh_mode) != RAISE
-            )
-        if not verdict or state.manager.mapper is not mapper or _compat.is_deleted(state):
+        if not refreshes(state) or state.manager.mapper is not mapper or _compat.is_deleted(state):
             continue
         unchanged_alike = shortcut and expired == trigger_expired and not state.committed_state
         if unchanged_alike or _loadable_expired(state) == wanted:

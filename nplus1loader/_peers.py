@@ -18,7 +18,7 @@ from sqlalchemy.orm import LoaderCallableStatus, PassiveFlag
 from sqlalchemy.orm.state import InstanceState
 
 from . import _compat
-from ._arming import profile_finder
+from ._arming import profile_verdicts
 from ._batch import checked_chunk_size, lacks, load_states
 from ._logging import find_call_site, log_batch
 from ._modes import LOAD, RAISE, WARN, effective_mode, warn_at_call_site
@@ -210,8 +210,6 @@ def armed_peers(
     # Keyed by the objects themselves (hashed by identity), held for the
     # length of the scan.
     by_hook: dict[Any, bool] = {loader: True}
-    by_profile: dict[Any, bool] = {}
-    find_profile = profile_finder()
 
     def batches(hook: Any) -> bool:
         verdict = by_hook.get(hook)
@@ -222,24 +220,17 @@ def armed_peers(
             )
         return verdict
 
+    def profile_batches(profile: Any) -> bool:
+        found = profile.class_level.get(key) if profile is not None else None
+        return found is not None and batches(found)
+
+    armed_by_profile = profile_verdicts(profile_batches)
     peers = [trigger]
     for state in _compat.all_states(session):
-        namespace = state.__dict__
-        callables = namespace.get("callables")
+        callables = state.__dict__.get("callables")
         hook = callables.get(key) if callables else None
-        if hook is not None:
-            if not batches(hook):
-                continue
-        else:
-            profile = find_profile(state)
-            if profile is None:
-                continue
-            verdict = by_profile.get(profile)
-            if verdict is None:
-                found = profile.class_level.get(key)
-                verdict = by_profile[profile] = found is not None and batches(found)
-            if not verdict:
-                continue
+        if not (armed_by_profile(state) if hook is None else batches(hook)):
+            continue
         if state is trigger or key in state.dict:
             continue
         if changed_blocks and key in state.committed_state:
