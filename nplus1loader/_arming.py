@@ -160,32 +160,36 @@ def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any
         return _arm_alike(profiles.setdefault(stamp_key, profile), profile)
 
     def arm(state: InstanceState[Any], dict_: Any, row: Any) -> None:
-        namespace = state.__dict__
-        if state.load_options is stamped:
+        carries_stamp = state.load_options is stamped
+        if carries_stamp:
             if not shared:
                 shared.append(share())
             if shared[0]:
                 # The stamp finds the profile: nothing to store, except to
                 # drop what an earlier query stored (this one is the latest).
-                if profile_key in namespace:
-                    del namespace[profile_key]
+                # Read as an attribute: asking for ``state.__dict__`` would
+                # create that dict on every new instance.
+                if getattr(state, profile_key, None) is not None:
+                    delattr(state, profile_key)
                 if hooks:
                     _install_hooks(state, dict_, hooks)
                 return
-        elif (
-            profile_key not in namespace
-            and not namespace.get("callables")
-            and stamped_alike(state)
-        ):
-            # Already in the session, armed alike by an earlier execution
-            # (another chunk of the same batch load, say): nothing changes.
-            if hooks:
-                _install_hooks(state, dict_, hooks)
-            return
-        elif profile.refresh_mode is None and all(key in dict_ for key in loaders):
-            # No anchor (raiseload_rel()) and nothing left unloaded here:
-            # this query arms nothing on this instance.
-            return
+        namespace = state.__dict__
+        if not carries_stamp:
+            if (
+                profile_key not in namespace
+                and not namespace.get("callables")
+                and stamped_alike(state)
+            ):
+                # Already in the session, armed alike by an earlier execution
+                # (another chunk of the same batch load, say): nothing changes.
+                if hooks:
+                    _install_hooks(state, dict_, hooks)
+                return
+            if profile.refresh_mode is None and all(key in dict_ for key in loaders):
+                # No anchor (raiseload_rel()) and nothing left unloaded here:
+                # this query arms nothing on this instance.
+                return
         previous = profile_of(state)
         namespace[profile_key] = profile
         if previous is not None and previous is not profile and previous.class_level:
@@ -225,11 +229,10 @@ def _install_hooks(state: InstanceState[Any], dict_: Any, hooks: dict[str, Any])
 def profile_of(state: InstanceState[Any]) -> Profile | None:
     """The profile that armed ``state``, if any: the one stored on it, else
     the one its stamped options hold for its path and mapper."""
-    namespace = state.__dict__
-    profile = namespace.get(_compat.PROFILE_KEY)
+    profile = getattr(state, _compat.PROFILE_KEY, None)
     if profile is not None:
         return profile  # type: ignore[no-any-return]
-    owner = _owner(namespace.get("load_options", ()))
+    owner = _owner(state.load_options)
     if owner is None:
         return None
     profiles = owner.__dict__.get("nplus1_profiles")
@@ -269,14 +272,15 @@ def profile_verdicts(
 
     def verdict(state: InstanceState[Any]) -> bool:
         nonlocal last_options, last_path, last_manager, last_verdict
-        namespace = state.__dict__
-        profile = namespace.get(profile_key)
+        # Attributes, not ``state.__dict__``: asking for that would create
+        # the dict on every instance scanned that has none yet.
+        profile = getattr(state, profile_key, None)
         if profile is not None:
             return verdict_on(profile)
-        options = namespace.get("load_options")
+        options = state.load_options
         if not options:
             return verdict_on(None)
-        path = namespace.get("load_path")
+        path = state.load_path
         manager = state.manager
         if options is last_options and path is last_path and manager is last_manager:
             return last_verdict

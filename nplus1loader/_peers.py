@@ -227,7 +227,7 @@ def armed_peers(
     armed_by_profile = profile_verdicts(profile_batches)
     peers = [trigger]
     for state in _compat.all_states(session):
-        callables = state.__dict__.get("callables")
+        callables = state.callables
         hook = callables.get(key) if callables else None
         if not (armed_by_profile(state) if hook is None else batches(hook)):
             continue
