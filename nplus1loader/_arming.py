@@ -160,38 +160,35 @@ def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any
         return _arm_alike(profiles.setdefault(stamp_key, profile), profile)
 
     def arm(state: InstanceState[Any], dict_: Any, row: Any) -> None:
-        carries_stamp = state.load_options is stamped
-        if carries_stamp:
+        # State is read as attributes throughout: asking for
+        # ``state.__dict__`` would create that dict on every new instance.
+        if state.load_options is stamped:
             if not shared:
                 shared.append(share())
             if shared[0]:
                 # The stamp finds the profile: nothing to store, except to
                 # drop what an earlier query stored (this one is the latest).
-                # Read as an attribute: asking for ``state.__dict__`` would
-                # create that dict on every new instance.
                 if getattr(state, profile_key, None) is not None:
                     delattr(state, profile_key)
                 if hooks:
                     _install_hooks(state, dict_, hooks)
                 return
-        namespace = state.__dict__
-        if not carries_stamp:
-            if (
-                profile_key not in namespace
-                and not namespace.get("callables")
-                and stamped_alike(state)
-            ):
-                # Already in the session, armed alike by an earlier execution
-                # (another chunk of the same batch load, say): nothing changes.
-                if hooks:
-                    _install_hooks(state, dict_, hooks)
-                return
-            if profile.refresh_mode is None and all(key in dict_ for key in loaders):
-                # No anchor (raiseload_rel()) and nothing left unloaded here:
-                # this query arms nothing on this instance.
-                return
+        elif (
+            getattr(state, profile_key, None) is None
+            and not state.callables
+            and stamped_alike(state)
+        ):
+            # Already in the session, armed alike by an earlier execution
+            # (another chunk of the same batch load, say): nothing changes.
+            if hooks:
+                _install_hooks(state, dict_, hooks)
+            return
+        elif profile.refresh_mode is None and all(key in dict_ for key in loaders):
+            # No anchor (raiseload_rel()) and nothing left unloaded here:
+            # this query arms nothing on this instance.
+            return
         previous = profile_of(state)
-        namespace[profile_key] = profile
+        set_profile(state, profile)
         if previous is not None and previous is not profile and previous.class_level:
             # This query's profile replaces the one an earlier query left,
             # but what that one armed and this one does not cover stays
@@ -200,7 +197,7 @@ def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any
             for key, loader in previous.class_level.items():
                 if key not in dict_ and key not in loaders and key not in state.callables:
                     _compat.install_callable(state, key, loader)
-        callables = namespace.get("callables")
+        callables = state.callables
         if callables:
             # An earlier query left hooks of its own on attributes this one
             # arms at class level: they would shadow the dispatch.
