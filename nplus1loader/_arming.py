@@ -31,9 +31,11 @@ refers to it; pickled instances come back unarmed.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy import event
 from sqlalchemy.orm import ColumnProperty, Mapper
 from sqlalchemy.orm.state import InstanceState
 
@@ -117,12 +119,26 @@ def profile_for(
         anchor = mapper.get_property_by_column(mapper.primary_key[0]).key
         populate = _row_populator(found, context, path, mapper)
         populators["new"].append((anchor, populate))
-        if not _compat.is_batch_load(context):
-            # A batch load leaves instances already in the session armed as
-            # they were (SQLAlchemy keeps their load options too): an
-            # "eager" populator would cost a partial population per row,
-            # and most such rows are peers an earlier chunk armed alike.
-            populators["eager"].append((anchor, populate))
+
+        def arm_existing(
+            context: Any, path: Any, states: Any, load_keys: Any, *args: Any, **kw: Any
+        ) -> None:
+            for state, overwrite in states:
+                if not overwrite:
+                    populate(state, state.dict, None)
+
+        # Instances already in the session are armed once the rows are
+        # read, not by a row populator, which would cost them a partial
+        # population and a ``refresh`` event stock does not fire.  A batch
+        # (like SQLAlchemy's own lazy loads) does not reach them: they stay
+        # armed as they were, as SQLAlchemy keeps their load options.
+        _compat.register_post_load(
+            context,
+            _compat.load_path_for(context, path),
+            mapper,
+            ("nplus1loader", id(found)),
+            arm_existing,
+        )
     return found
 
 
@@ -320,3 +336,28 @@ def ensure_class_level_hook(mapper: Mapper[Any], key: str) -> None:
     original = _compat.class_level_loader(mapper, key)
     if original is not None and not isinstance(original, ClassLevelHook):
         _compat.set_class_level_loader(mapper, key, ClassLevelHook(key, original))
+    if mapper not in _pickle_listening:
+        _pickle_listening.add(mapper)
+        event.listen(mapper, "pickle", _on_pickle, raw=True)
+
+
+_pickle_listening: weakref.WeakSet[Mapper[Any]] = weakref.WeakSet()
+
+
+def _on_pickle(state: InstanceState[Any], state_dict: dict[str, Any]) -> None:
+    """A pickled instance leaves its profile behind (its peers stay in this
+    session).  What the profile dispatched at class level becomes a
+    per-instance hook of the stock loader the query chose (a ``lazyload()``
+    over a ``lazy="raise"`` mapping keeps loading), as a stock instance
+    carries it."""
+    profile = profile_of(state)
+    if profile is None or not profile.class_level:
+        return
+    from ._peers import StockLoader
+
+    dict_ = state.dict
+    callables = dict(state_dict.get("callables") or {})
+    for key, loader in profile.class_level.items():
+        if key not in dict_ and key not in callables:
+            callables[key] = StockLoader(key, loader.is_column)
+    state_dict["callables"] = callables

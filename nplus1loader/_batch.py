@@ -1,13 +1,25 @@
 """The batch loader: one attribute, many instances, one query per chunk.
 
 This is the public core (:func:`bulk_load_attribute_for_instance_states`).
-It never overwrites what the user changed: only instances that still lack the
-attribute are loaded, values are stored as committed state (no history, never
-dirty), and the session does not autoflush while it runs.
+Every statement is the one stock SQLAlchemy would run to load the attribute
+of one instance, widened to a chunk of instances:
+
+* the same entity and join condition (the relationship's own lazy clause,
+  its parent columns taken from an alias of the parent whose key selects
+  the chunk), the same ORDER BY (none unless the relationship asks for one);
+* the options the instance was loaded with (``state.load_options``),
+  replayed at its path, and the compile and load options listeners look at
+  (``loader_strategy_path``, ``is_column_load``, ``lazy_loaded_from``), so a
+  sharded session routes the batch as it routes a lazy load;
+* autoflush as stock's first statement would, once, before the first chunk.
+
+It never overwrites what the user changed: only instances that still lack
+the attribute are set, as committed state (no history, never dirty).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,17 +37,10 @@ from sqlalchemy.orm import (
 from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.interfaces import ORMOption
 from sqlalchemy.orm.state import InstanceState
+from sqlalchemy.sql import visitors
 
 from . import _compat
-from ._keys import (
-    DEFAULT_CHUNK_SIZE,
-    KEYS_PARAM,
-    chunk_params,
-    chunks,
-    key_filter,
-    key_values,
-    states_by_key,
-)
+from ._keys import DEFAULT_CHUNK_SIZE, KEYS_PARAM, chunks, key_filter, key_values, states_by_key
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -60,10 +65,10 @@ def bulk_load_attribute_for_instance_states(
     (with the rest of its deferred group) or a relationship of any mapper
     shape.  States that are not persistent in ``session``, or that already
     hold a value for the attribute (loaded, or changed in memory), are left
-    untouched.  ``options`` are added to the batch queries: nplus1loader
-    passes the ``with_loader_criteria`` options of the query that loaded the
-    instances (stock lazy loads apply them too) and, for a relationship, the
-    option that arms the instances it brings in.
+    untouched.  The statements replay the load options of the first state
+    (stock lazy loads replay each instance's own), and ``options`` are
+    added to them.  Unlike a lazy load, this explicit call does not
+    autoflush: what is pending stays pending.
 
     Returns the number of SQL statements emitted.
     """
@@ -72,7 +77,7 @@ def bulk_load_attribute_for_instance_states(
     wanted = [s for s in _unique(states) if needs_load(session, s, prop)]
     if not wanted:
         return 0
-    return load_states(session, prop, wanted, size, options).statements
+    return load_states(session, prop, wanted, size, options, autoflush=False).statements
 
 
 @dataclass
@@ -91,13 +96,16 @@ def load_states(
     states: list[InstanceState[Any]],
     size: int,
     options: Sequence[ORMOption],
+    *,
+    autoflush: bool,
 ) -> BatchResult:
     """The batch itself, for states already known to need ``prop`` (see
-    :func:`needs_load`; nplus1loader's peer search checks the same)."""
-    with session.no_autoflush:
-        if isinstance(prop, ColumnProperty):
-            return _load_columns(session, prop, states, size, options)
-        return _load_relationship(session, prop, states, size, options)
+    :func:`needs_load`; nplus1loader's peer search checks the same) and to
+    share the first one's load options, load path and identity token."""
+    run = ChunkRunner(session, states[0], prop, options, autoflush)
+    if isinstance(prop, ColumnProperty):
+        return _load_columns(run, prop, states, size)
+    return _load_relationship(run, prop, states, size)
 
 
 def checked_chunk_size(chunk_size: int | None) -> int:
@@ -151,6 +159,88 @@ def lacks(state: InstanceState[Any], prop: Any) -> bool:
     return key not in state.committed_state or bool(getattr(prop, "uselist", False))
 
 
+# ------------------------------------------------------- the chunk runner
+
+
+class ChunkRunner:
+    """Runs the statements of one batch, one chunk of keys at a time, the
+    way stock SQLAlchemy runs the lazy load of one instance.
+
+    ``trigger`` is the instance whose load options the statements replay
+    (the touched one, or the first of the batch): every state of a batch
+    shares its options, path and identity token.
+    """
+
+    __slots__ = ("autoflush", "extra_options", "prop", "session", "statements", "trigger")
+
+    def __init__(
+        self,
+        session: Session,
+        trigger: InstanceState[Any],
+        prop: Any,
+        extra_options: Sequence[ORMOption],
+        autoflush: bool,
+    ) -> None:
+        self.session = session
+        self.trigger = trigger
+        self.prop = prop
+        self.extra_options = tuple(extra_options)
+        self.autoflush = autoflush
+        self.statements = 0
+
+    @property
+    def identity_token(self) -> Any:
+        return self.trigger.identity_token
+
+    def prepare(self, stmt: Any) -> Any:
+        """``stmt`` with what a stock load of the trigger's attribute adds:
+        its load options, replayed at its path, and the compile options."""
+        trigger = self.trigger
+        load_options = trigger.load_options
+        load_path = _compat.load_path_of(trigger)
+        for_columns = isinstance(self.prop, ColumnProperty)
+        if for_columns:
+            # A deferred or expired column loads as a refresh of the row.
+            path = load_path.parent if load_options else None
+        elif load_options:
+            path = load_path[self.prop]
+        else:
+            path = trigger.mapper._path_registry[self.prop]
+        options = tuple(load_options) + self.extra_options
+        if options:
+            stmt = stmt.options(*options)
+        return _compat.as_lazy_load(stmt, path, for_columns=for_columns)
+
+    def rows(
+        self, stmt: Any, keys: Sequence[Any], size: int
+    ) -> Iterator[tuple[Sequence[Any], Any]]:
+        """Run the prepared ``stmt`` for each chunk of ``keys`` (parameter
+        values: bare for a one-column key, tuples otherwise); yields the
+        chunk and its rows (tuples, read by position)."""
+        for chunk in chunks(keys, size):
+            options = _compat.lazy_load_execution_options(
+                loaded_from=self.trigger,
+                identity_token=self.identity_token if isinstance(self.prop, ColumnProperty) else None,
+                # The first statement flushes as a stock lazy load would;
+                # the others find nothing more to flush.
+                autoflush=self.autoflush and self.statements == 0,
+            )
+            result = self.session.execute(stmt, {KEYS_PARAM: chunk}, execution_options=options)
+            self.statements += 1
+            yield chunk, _compat.result_tuples(result)
+
+    def of_this_shard(self, obj: Any) -> bool:
+        """Whether ``obj`` was loaded with the batch's identity token: a
+        sharded session whose chooser queries several shards returns rows of
+        each, and the same key on another shard is another row."""
+        token = self.identity_token
+        return token is None or instance_state(obj).identity_token == token
+
+
+def _identity(state: InstanceState[Any]) -> tuple[Any, ...]:
+    return state.key[1]  # type: ignore[index]
+
+
 def _primary_key_attrs(mapper: Mapper[Any], entity: Any) -> list[Any]:
     """The primary key as attributes of ``entity``, in identity-key order
     (the attribute names may differ from the column names)."""
@@ -169,63 +259,46 @@ def _column_group(prop: ColumnProperty[Any]) -> list[ColumnProperty[Any]]:
 
 
 def _load_columns(
-    session: Session,
-    prop: ColumnProperty[Any],
-    states: list[InstanceState[Any]],
-    size: int,
-    options: Sequence[ORMOption],
+    run: ChunkRunner, prop: ColumnProperty[Any], states: list[InstanceState[Any]], size: int
 ) -> BatchResult:
-    """SELECT the primary key and the column (or its group) by primary key,
-    from the mapper's selectable (a joined subclass's join).
-
-    With options (``with_loader_criteria`` of the arming query), through
-    class-bound attributes: the ORM statement stock SQLAlchemy runs to load
-    a deferred column, so the criteria reach into ``column_property``
-    subqueries as they do there.
-    """
-    mapper = prop.parent
-    group = _column_group(prop)
-    keys = [p.key for p in group]
-    if options:
-        entity = mapper.entity
-        key_columns = _primary_key_attrs(mapper, entity)
-        stmt = (
-            select(*key_columns, *(getattr(entity, key) for key in keys))
-            .select_from(entity)
-            .options(*options)
-        )
-    else:
-        # Without options to apply, the same SELECT in Core: no ORM
-        # compilation step, the same SQL.
-        key_columns = list(mapper.primary_key)
-        stmt = select(*key_columns, *(p.expression for p in group)).select_from(mapper.selectable)
-    stmt = stmt.where(key_filter(session, mapper, key_columns))
-    statements = load_columns_by_key(session, mapper, stmt, states, size, keys)
+    keys = [p.key for p in _column_group(prop)]
+    statements = load_columns_by_key(run, prop.parent, states, size, keys)
     return BatchResult(statements, len(states))
 
 
+def columns_statement(mapper: Mapper[Any], keys: Sequence[str]) -> Any:
+    """SELECT the primary key and the columns of ``keys`` of ``mapper``'s
+    instances, by primary key: class-bound attributes, from the mapper's
+    selectable (a joined subclass's join), as an ORM statement, so loader
+    criteria reach into ``column_property`` subqueries as they do in
+    SQLAlchemy's own deferred-column load."""
+    entity = mapper.entity
+    key_columns = _primary_key_attrs(mapper, entity)
+    return (
+        select(*key_columns, *(getattr(entity, key) for key in keys))
+        .select_from(entity)
+        .where(key_filter(key_columns))
+    )
+
+
 def load_columns_by_key(
-    session: Session,
+    run: ChunkRunner,
     mapper: Mapper[Any],
-    stmt: Any,
     states: list[InstanceState[Any]],
     size: int,
     keys: list[str],
     each: Callable[[InstanceState[Any]], None] | None = None,
 ) -> int:
-    """Run ``stmt`` (the primary key, then the columns of ``keys``, per
-    row) chunk by chunk, and store each row's values on its state (see
-    :func:`set_committed_columns`); ``each`` is called on every state a row
-    came back for.  Returns the number of statements."""
-    bind = {"mapper": mapper}
+    """Load the columns of ``keys`` for ``states`` by primary key and store
+    each row's values on its state (see :func:`set_committed_columns`);
+    ``each`` is called on every state a row came back for.  Returns the
+    number of statements."""
+    stmt = run.prepare(columns_statement(mapper, keys))
     npk = len(mapper.primary_key)
+    by_identity = states_by_key(states, npk)
     one_column = npk == 1 and len(keys) == 1 and each is None
-    statements = 0
-    for chunk in chunks(states, size):
-        by_identity = states_by_key(chunk, npk)
-        result = session.execute(stmt, chunk_params(by_identity, npk), bind_arguments=bind)
-        statements += 1
-        rows = _compat.result_tuples(result)
+    before = run.statements
+    for _, rows in run.rows(stmt, list(by_identity), size):
         if one_column:
             _set_committed_column(rows, by_identity, keys[0])
             continue
@@ -235,7 +308,7 @@ def load_columns_by_key(
                 set_committed_columns(state, keys, row, npk)
                 if each is not None:
                     each(state)
-    return statements
+    return run.statements - before
 
 
 def _set_committed_column(rows: Iterable[Any], by_identity: dict[Any, Any], key: str) -> None:
@@ -295,42 +368,37 @@ def set_committed_columns(
 
 
 def _load_relationship(
-    session: Session,
-    prop: RelationshipProperty[Any],
-    states: list[InstanceState[Any]],
-    size: int,
-    options: Sequence[ORMOption],
+    run: ChunkRunner, prop: RelationshipProperty[Any], states: list[InstanceState[Any]], size: int
 ) -> BatchResult:
     if prop.direction is RelationshipDirection.MANYTOONE:
-        strategy = _compat.get_strategy(prop, (("lazy", "select"),))
+        strategy = _compat.lazy_strategy(prop)
         if strategy.use_get:
-            return _load_many_to_one_by_identity(session, prop, strategy, states, size, options)
-    remote = _omit_join_columns(prop)
-    if remote is not None:
-        return _load_by_foreign_key(session, prop, remote, states, size, options)
-    statements = _load_through_parent_join(session, prop, states, size, options)
+            return _load_many_to_one_by_identity(run, prop, strategy, states, size)
+    shape = _statement_shape(prop)
+    statements = _collect(run, prop, shape, states, size)
     return BatchResult(statements, len(states))
 
 
 def _load_many_to_one_by_identity(
-    session: Session,
+    run: ChunkRunner,
     prop: RelationshipProperty[Any],
     strategy: Any,
     states: list[InstanceState[Any]],
     size: int,
-    options: Sequence[ORMOption],
 ) -> BatchResult:
     """A many-to-one whose foreign key points at the target's primary key:
-    read the key from each parent, take hits from the identity map, and
-    SELECT the misses by primary key.  Parents whose foreign key is not
-    loaded go through the general path, as does a key without a row."""
+    read the key from each parent (its current value, as stock does), take
+    hits from the identity map, and SELECT the misses by primary key.  A
+    key without a row goes through the general path, as the database
+    decides for a stock lazy load."""
     target = prop.mapper
     key = prop.key
     # The parent attributes holding the target's primary key, in its order.
     equated = _compat.equated_columns(strategy)
     fk_keys = [prop.parent.get_property_by_column(equated[pk]).key for pk in target.primary_key]
     partial_ok = target.allow_partial_pks
-    identity_map = session.identity_map
+    identity_map = run.session.identity_map
+    token = run.identity_token
     identity_key = target.identity_key_from_primary_key
     undecided: list[InstanceState[Any]] = []
     wanted: dict[tuple[Any, ...], list[InstanceState[Any]]] = {}
@@ -351,7 +419,7 @@ def _load_many_to_one_by_identity(
             continue
         hit = hits.get(ident)
         if hit is None:
-            found = identity_map.get(identity_key(ident))
+            found = identity_map.get(identity_key(ident, identity_token=token))
             if found is not None:
                 found_state = instance_state(found)
                 if (
@@ -365,66 +433,102 @@ def _load_many_to_one_by_identity(
         else:
             wanted[ident] = [state]
     # Stock lazy loading: nothing for a NULL key or an identity-map hit, one
-    # query per missing target (it is in the identity map after that), one
-    # per parent whose foreign key is not loaded.
+    # query per missing target (it is in the identity map after that).
     stock = len(wanted) + len(undecided)
 
-    statements = 0
+    before = run.statements
     if wanted:
-        entity = target.entity
+        entity = prop.entity.entity
         pk_attrs = _primary_key_attrs(target, entity)
-        stmt = select(entity).where(key_filter(session, target, pk_attrs)).options(*options)
+        stmt = run.prepare(select(entity).where(key_filter(pk_attrs)))
         found_by_key: dict[tuple[Any, ...], Any] = {}
-        for chunk in chunks(list(wanted), size):
-            result = session.execute(
-                stmt, {KEYS_PARAM: key_values(chunk)}, execution_options=_compat.BATCH_LOAD
-            )
-            for obj in result.unique().scalars():
-                found_by_key[instance_state(obj).key[1]] = obj  # type: ignore[index]
-            statements += 1
+        npk = len(pk_attrs)
+        for _, rows in run.rows(stmt, key_values(list(wanted)), size):
+            for row in rows:
+                obj = row[0]
+                if run.of_this_shard(obj):
+                    found_by_key[_identity(instance_state(obj))[:npk]] = obj
         for ident, parents in wanted.items():
             value = found_by_key.get(ident)
             if value is None:
                 # No row under exactly this key: a dangling foreign key, a
                 # row filtered out by the options' criteria, or a key the
                 # database matched to another spelling (MySQL compares
-                # strings case-insensitively).  Let the join decide, as the
-                # database does for a stock lazy load.
+                # strings case-insensitively).
                 undecided.extend(parents)
             else:
                 resolved.extend((parent, value) for parent in parents)
 
     for state, value in resolved:
         if lacks(state, prop):
-            state.manager[key].impl.set_committed_value(state, state.dict, value)
+            _compat.set_committed_value(state, key, value)
     if undecided:
-        statements += _load_through_parent_join(session, prop, undecided, size, options)
-    return BatchResult(statements, stock)
+        _collect(run, prop, _statement_shape(prop, by_join=True), undecided, size)
+    return BatchResult(run.statements - before, stock)
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """How a relationship's batch SELECT names the parent of each row:
+    ``select`` yields the parent's key columns, then the target; ``unique``
+    is whether a target can come twice for one parent (through a
+    secondary table or other joined rows), which stock's ``unique()``
+    removes."""
+
+    select: Any
+    npk: int
+    unique: bool
+
+
+_shapes: weakref.WeakKeyDictionary[Mapper[Any], dict[tuple[str, bool], _Shape]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _statement_shape(prop: RelationshipProperty[Any], by_join: bool = False) -> _Shape:
+    """The batch SELECT of ``prop`` before options (built once per
+    relationship: it depends on the mapping alone)."""
+    cached = _shapes.setdefault(prop.parent, {})
+    key = (prop.key, by_join)
+    found = cached.get(key)
+    if found is None:
+        remote = None if by_join else _omit_join_columns(prop)
+        if remote is not None:
+            found = _select_by_foreign_key(prop, remote)
+        else:
+            found = _select_through_parent(prop)
+        cached[key] = found
+    return found
 
 
 def _omit_join_columns(prop: RelationshipProperty[Any]) -> list[Any] | None:
     """For a one-to-many whose join condition is just "the target's foreign
-    key equals the parent's primary key", the foreign-key columns in the
-    order of the parent's primary key: the batch then selects the targets
-    by foreign key, without joining the parent (what ``selectinload`` does).
-    None for every other shape."""
+    key equals the parent's primary key", the target's foreign-key
+    attributes in the order of the parent's primary key: the batch then
+    selects the targets by foreign key, without joining the parent (what
+    ``selectinload`` does).  None for every other shape."""
     if prop.direction is not RelationshipDirection.ONETOMANY or prop.secondary is not None:
         return None
-    if not _compat.selectin_omits_join(prop):
+    if not _compat.selectin_omits_join(prop) or _compat.target_correlates_to_parent(prop):
         return None
     if not all(_exact_key_type(remote) for _, remote in prop.local_remote_pairs):
         return None
     parent = prop.parent
+    target = prop.mapper
     by_key: dict[str, Any] = {}
     for local, remote in prop.local_remote_pairs:
         by_key[parent.get_property_by_column(local).key] = remote
-    remote_columns = []
+    entity = prop.entity.entity
+    attrs = []
     for pk in parent.primary_key:
         remote = by_key.get(parent.get_property_by_column(pk).key)
         if remote is None:
             return None
-        remote_columns.append(remote)
-    return remote_columns
+        try:
+            attrs.append(getattr(entity, target.get_property_by_column(remote).key))
+        except Exception:  # the foreign key is not mapped on the target
+            return None
+    return attrs
 
 
 def _exact_key_type(column: Any) -> bool:
@@ -435,78 +539,91 @@ def _exact_key_type(column: Any) -> bool:
     return isinstance(column_type, Integer | Uuid) and not isinstance(column_type, TypeDecorator)
 
 
-def _load_by_foreign_key(
-    session: Session,
-    prop: RelationshipProperty[Any],
-    remote: list[Any],
-    states: list[InstanceState[Any]],
-    size: int,
-    options: Sequence[ORMOption],
-) -> BatchResult:
+def _stock_like(prop: RelationshipProperty[Any], stmt: Any) -> Any:
+    """What stock lazy loading adds to the SELECT of a relationship: its
+    ORDER BY and the rule that the targets do not eager-load their way back
+    to the parent."""
+    order_by = _compat.lazy_order_by(prop)
+    if order_by:
+        stmt = stmt.order_by(*order_by)
+    return _compat.add_compile_state_func(stmt, _compat.reverse_lazyload(prop), prop)
+
+
+def _select_by_foreign_key(prop: RelationshipProperty[Any], remote: list[Any]) -> _Shape:
     """SELECT the targets' foreign key next to the targets, by foreign key."""
-    target = prop.mapper
-    stmt = (
-        select(*remote, prop.entity.entity)
-        .where(key_filter(session, target, remote))
-        .options(*options)
-        .order_by(*(prop.order_by or target.primary_key))
-    )
-    statements = _collect(session, prop, stmt, states, size, len(remote))
-    return BatchResult(statements, len(states))
+    stmt = select(*remote, prop.entity.entity).where(key_filter(remote))
+    return _Shape(_stock_like(prop, stmt), len(remote), unique=False)
 
 
-def _load_through_parent_join(
-    session: Session,
-    prop: RelationshipProperty[Any],
-    states: list[InstanceState[Any]],
-    size: int,
-    options: Sequence[ORMOption],
-) -> int:
-    """Any relationship shape: SELECT the parent's primary key next to the
-    target entity, joined along the relationship itself, so SQLAlchemy
-    renders the join condition (custom ``primaryjoin``, ``secondary`` and
-    ``secondaryjoin`` included) exactly as its own lazy loader would."""
+def _select_through_parent(prop: RelationshipProperty[Any]) -> _Shape:
+    """Any relationship shape: stock's own lazy clause, its parent columns
+    taken from an alias of the parent, whose primary key (selected next to
+    the target) picks the chunk.  The FROM list is the lazy load's own
+    (target, secondary and any other table the join condition names) plus
+    the alias."""
     parent = prop.parent
-    parent_alias = aliased(parent)
-    pk_attrs = _primary_key_attrs(parent, parent_alias)
-    stmt = (
-        select(*pk_attrs, prop.entity.entity)
-        .join(getattr(parent_alias, prop.key))
-        .where(key_filter(session, parent, pk_attrs))
-        .options(*options)
-        .order_by(*(prop.order_by or prop.mapper.primary_key))
-    )
-    return _collect(session, prop, stmt, states, size, len(pk_attrs))
+    parent_alias = aliased(parent.class_)
+    pk_columns = [_compat.adapt_to_alias(parent_alias, col) for col in parent.primary_key]
+    target = prop.entity.entity
+    stmt = select(*pk_columns, target)
+    if _compat.target_correlates_to_parent(prop):
+        # A LATERAL target is selected beside the parent it correlates to.
+        stmt = stmt.select_from(parent_alias).join(
+            getattr(parent_alias, prop.key).of_type(target)
+        )
+    else:
+        criterion, bind_to_col = _compat.lazy_clause(prop)
+
+        def parent_column(element: Any) -> Any:
+            if getattr(element, "__visit_name__", None) == "bindparam":
+                column = bind_to_col.get(_compat.bind_key(element))
+                if column is not None:
+                    return _compat.adapt_to_alias(parent_alias, column)
+            return None
+
+        stmt = stmt.where(visitors.replacement_traverse(criterion, {}, parent_column))
+        if prop.secondary is not None:
+            stmt = stmt.select_from(prop.mapper, prop.secondary)
+    stmt = stmt.where(key_filter(pk_columns))
+    return _Shape(_stock_like(prop, stmt), len(pk_columns), unique=True)
 
 
 def _collect(
-    session: Session,
+    run: ChunkRunner,
     prop: RelationshipProperty[Any],
-    stmt: Any,
+    shape: _Shape,
     states: list[InstanceState[Any]],
     size: int,
-    npk: int,
 ) -> int:
-    """Run ``stmt`` (the parent's key, then the target, per row) chunk by
-    chunk and give every parent its targets, in row order."""
+    """Run the shape's statement chunk by chunk and give every parent its
+    targets, in row order, each once."""
     key = prop.key
     uselist = prop.uselist
-    statements = 0
-    for chunk in chunks(states, size):
-        by_identity = states_by_key(chunk, npk)
-        collected: dict[Any, list[Any]] = {ident: [] for ident in by_identity}
-        result = session.execute(
-            stmt, chunk_params(by_identity, npk), execution_options=_compat.BATCH_LOAD
-        )
-        statements += 1
-        for row in _compat.result_tuples(result):
+    npk = shape.npk
+    stmt = run.prepare(shape.select)
+    by_identity = states_by_key(states, npk)
+    before = run.statements
+    for chunk, rows in run.rows(stmt, list(by_identity), size):
+        collected: dict[Any, list[Any]] = {ident: [] for ident in chunk}
+        for row in rows:
+            target = row[npk]
             bucket = collected.get(row[0] if npk == 1 else tuple(row[:npk]))
-            if bucket is not None:
-                bucket.append(row[npk])
+            if bucket is not None and run.of_this_shard(target):
+                bucket.append(target)
         for ident, values in collected.items():
             state = by_identity[ident]
             if key in state.dict or (key in state.committed_state and not uselist):
                 continue  # changed in memory meanwhile
-            value = values if uselist else (values[0] if values else None)
-            state.manager[key].impl.set_committed_value(state, state.dict, value)
-    return statements
+            if shape.unique and len(values) > 1:
+                values = list({id(v): v for v in values}.values())
+            if uselist:
+                value: Any = values
+            else:
+                if len(values) > 1:
+                    _compat.warn(
+                        "Multiple rows returned with uselist=False for lazily-loaded "
+                        f"attribute '{prop}' "
+                    )
+                value = values[0] if values else None
+            _compat.set_committed_value(state, key, value)
+    return run.statements - before

@@ -17,8 +17,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy import inspect
+from sqlalchemy import util as _sa_util
 from sqlalchemy.orm import base as _orm_base
 from sqlalchemy.orm import context as _orm_context
+from sqlalchemy.orm import loading as _orm_loading
 from sqlalchemy.orm import strategies as _orm_strategies
 from sqlalchemy.orm import strategy_options as _orm_strategy_options
 from sqlalchemy.orm.state import InstanceState
@@ -51,6 +54,9 @@ DEFERRED_MARKERS = (
 AbstractLoad: type = _orm_strategy_options._AbstractLoad
 
 _MapperEntity: type = _first(_orm_context, "_MapperEntity")
+_QueryContext: Any = _orm_context.QueryContext
+_ORMCompileState: Any = _first(_orm_context, "_ORMCompileState", "ORMCompileState")
+_PostLoad: Any = _first(_orm_loading, "_PostLoad", "PostLoad")
 
 
 def attach_loader_method(name: str, method: Callable[..., Any]) -> None:
@@ -144,8 +150,13 @@ def only_load_props(context: Any) -> Any:
 
 
 
-def load_for_state(strategy: Any, state: InstanceState[Any], passive: Any) -> Any:
-    """A strategy's own one-instance load (``LoaderStrategy._load_for_state``)."""
+def load_for_state(
+    strategy: Any, state: InstanceState[Any], passive: Any, *, extra_options: Any = ()
+) -> Any:
+    """A strategy's own one-instance load (``LoaderStrategy._load_for_state``);
+    a lazy loader adds ``extra_options`` to its statement."""
+    if extra_options:
+        return strategy._load_for_state(state, passive, extra_options=extra_options)
     return strategy._load_for_state(state, passive)
 
 
@@ -208,19 +219,6 @@ def set_class_manager_expired_loader(manager: Any, loader: Any) -> None:
 #: though that would be cheaper to write: SQLAlchemy stamps it anew on
 #: every refresh, and the arming would go with it.
 PROFILE_KEY = "_nplus1loader_profile"
-
-_BATCH_LOAD_KEY = "nplus1loader_batch_load"
-
-#: Execution options marking the statements of a batch load.
-BATCH_LOAD = {_BATCH_LOAD_KEY: True}
-
-
-def is_batch_load(context: Any) -> bool:
-    """Whether this query execution is one of nplus1loader's batch loads
-    (``QueryContext.execution_options`` holds the statement's and the
-    call's execution options)."""
-    return bool(context.execution_options.get(_BATCH_LOAD_KEY))
-
 
 def propagated_options(context: Any) -> Any:
     """The options a query execution hands on to the lazy loads and
@@ -300,3 +298,181 @@ def extra_criteria(loadopt: Any) -> tuple[Any, ...]:
     """The criteria of ``lazyload(User.addresses.and_(...))`` (empty when
     there are none, or no option)."""
     return tuple(getattr(loadopt, "_extra_criteria", None) or ())
+
+
+# ------------------------------------------------- statements like stock's
+
+
+def lazy_strategy(prop: Any) -> Any:
+    """The relationship's stock lazy loader (``lazy="select"``)."""
+    return prop._get_strategy((("lazy", "select"),))
+
+
+def lazy_clause(prop: Any) -> tuple[Any, dict[Any, Any]]:
+    """The WHERE clause of the relationship's stock lazy load, with a bind
+    parameter for each parent column it compares with, and those columns
+    by the parameters' identifying keys (``_LazyLoader._simple_lazy_clause``
+    and ``_bind_to_col``)."""
+    strategy = lazy_strategy(prop)
+    criterion, _ = strategy._simple_lazy_clause
+    return criterion, strategy._bind_to_col
+
+
+def bind_key(bindparam: Any) -> Any:
+    """The key by which :func:`lazy_clause` names a bind parameter."""
+    return bindparam._identifying_key
+
+
+def lazy_order_by(prop: Any) -> list[Any]:
+    """The ORDER BY of the relationship's stock lazy load."""
+    return list(lazy_strategy(prop)._order_by or ())
+
+
+def target_correlates_to_parent(prop: Any) -> bool:
+    """Whether the target (a LATERAL subquery) can only be selected beside
+    the parent (SQLAlchemy 2.1; never on 2.0)."""
+    return bool(getattr(prop, "_target_correlates_to_parent", False))
+
+
+def add_compile_state_func(stmt: Any, fn: Callable[[Any], None], cache_key: Any) -> Any:
+    """``stmt`` with ``fn`` run on its compile state, as SQLAlchemy's own
+    lazy loader adds the rule that it does not eager-load back to the parent."""
+    return stmt._add_compile_state_func(fn, cache_key)
+
+
+def reverse_lazyload(prop: Any) -> Callable[[Any], None]:
+    """What stock lazy loading adds to a collection's SELECT: a reverse
+    many-to-one that the mapping loads eagerly is loaded lazily instead
+    (it would load the parent the lazy load comes from)."""
+    from sqlalchemy.orm import Load
+
+    def apply(compile_state: Any) -> None:
+        for rev in prop._reverse_property:
+            if (
+                rev.direction.name == "MANYTOONE"
+                and rev._use_get
+                and not isinstance(rev.strategy, LazyLoader)
+            ):
+                Load._construct_for_existing_path(
+                    compile_state.compile_options._current_path[rev.parent]
+                ).lazyload(rev).process_compile_state(compile_state)
+
+    return apply
+
+
+def as_lazy_load(stmt: Any, path: Any | None, *, for_columns: bool) -> Any:
+    """``stmt`` with the compile options of SQLAlchemy's own lazy load at
+    ``path`` (``_current_path``: listeners see ``loader_strategy_path``, and
+    replayed options apply relative to it), or, ``for_columns``, of its
+    deferred-column load (``_for_refresh_state``: ``is_column_load``)."""
+    options: dict[str, Any] = {} if path is None else {"_current_path": path}
+    if for_columns:
+        options["_for_refresh_state"] = True
+    orm_defaults = _ORMCompileState.default_compile_options
+    if stmt._compile_options.isinstance(orm_defaults):
+        return stmt._update_compile_options(options)
+    # A select() of ORM entities gets the ORM's compile options when it is
+    # compiled; SQLAlchemy's own loaders build theirs with them.
+    stmt = stmt._generate()
+    stmt._compile_options = orm_defaults + options
+    return stmt
+
+
+def lazy_load_execution_options(
+    *, loaded_from: InstanceState[Any], identity_token: Any, autoflush: bool
+) -> dict[str, Any]:
+    """The execution options of a lazy load started from ``loaded_from``:
+    ``lazy_loaded_from`` (what a sharded session routes by), no eager loads
+    of instances already present, the identity token of a column load, and
+    whether the statement may autoflush."""
+    load_options = _QueryContext.default_load_options
+    values: dict[str, Any] = {"_invoke_all_eagers": False, "_lazy_loaded_from": loaded_from}
+    if identity_token is not None:
+        values["_identity_token"] = identity_token
+    if not autoflush:
+        values["_autoflush"] = False
+    return {"_sa_orm_load_options": load_options + values}
+
+
+def autoflush(session: Any) -> None:
+    """Flush as a query would before running (``Session._autoflush``)."""
+    session._autoflush()
+
+
+def warn(message: str) -> None:
+    """An ``SAWarning`` as SQLAlchemy's own code emits it."""
+    _sa_util.warn(message)
+
+
+def options_equal(one: Any, other: Any) -> bool:
+    """Whether two loader options do the same: the same object, or equal
+    cache keys with equal bound values (``with_loader_criteria`` carries
+    its values as bound parameters)."""
+    if one is other:
+        return True
+    if type(one) is not type(other):
+        return False
+    try:
+        first = one._generate_cache_key()
+        second = other._generate_cache_key()
+    except Exception:  # an option that cannot say what it does
+        return False
+    if first is None or second is None or first.key != second.key:
+        return False
+    return [b.effective_value for b in first.bindparams] == [
+        b.effective_value for b in second.bindparams
+    ]
+
+
+def load_path_of(state: InstanceState[Any]) -> Any:
+    return state.load_path
+
+
+def register_post_load(
+    context: Any, path: Any, mapper: Any, token: Any, fn: Callable[..., None]
+) -> None:
+    """Call ``fn(context, path, states, load_keys)`` once the rows of
+    ``path`` are processed, with ``(state, overwrite)`` for every instance
+    they reached, those already in the session included (``overwrite``
+    False), without the partial population (and ``refresh`` event) that a
+    row populator for existing instances costs (``PostLoad``)."""
+    _PostLoad.callable_for_path(context, path, mapper, token, fn)
+
+
+def load_path_for(context: Any, path: Any) -> Any:
+    """The path SQLAlchemy stamps as ``load_path`` on the instances the
+    rows of ``path`` reach (``loading._instance_processor``)."""
+    current = context.compile_state.current_path
+    return current + path if current.path else path
+
+
+def adapt_to_alias(alias: Any, column: Any) -> Any:
+    """``column`` of a mapped table as the matching column of ``alias``, an
+    ``aliased()`` class of its mapper (``AliasedInsp._adapt_element``)."""
+    return inspect(alias)._adapt_element(column)
+
+
+def set_committed_value(state: InstanceState[Any], key: str, value: Any) -> None:
+    """Store a loaded value as the committed state of ``key``: no history,
+    not dirty, pending collection changes merged in (the attribute
+    implementation's ``set_committed_value``, looked up on the state)."""
+    state.manager[key].impl.set_committed_value(state, state.dict, value)
+
+
+def load_attribute(state: InstanceState[Any], key: str, passive: Any) -> Any:
+    """Read ``key`` of ``state`` as SQLAlchemy's own loaders read a column
+    they need (``Mapper._get_state_attr_by_column``): loading it if it is
+    expired or deferred, or ``PASSIVE_NO_RESULT`` where ``passive`` forbids."""
+    return state.manager[key].impl.get(state, state.dict, passive=passive)
+
+
+def mark_implicitly_boolean(element_class: type) -> None:
+    """Declare a custom SQL element a comparison (``_is_implicitly_boolean``),
+    so dialects without a boolean type do not render it as ``x = 1``."""
+    element_class._is_implicitly_boolean = True  # type: ignore[attr-defined]
+
+
+def is_refresh(compile_state: Any) -> bool:
+    """Whether the statement refreshes columns of existing instances (a
+    deferred or expired column load, ``Session.refresh``)."""
+    return bool(compile_state.compile_options._for_refresh_state)

@@ -24,16 +24,17 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import event, select
+from sqlalchemy import event
 from sqlalchemy.orm import ColumnProperty, Mapper, PassiveFlag
 from sqlalchemy.orm.state import InstanceState
 
 from . import _compat
 from ._arming import profile_of, profile_verdicts, set_profile
-from ._batch import load_columns_by_key
-from ._keys import DEFAULT_CHUNK_SIZE, key_filter
+from ._batch import ChunkRunner, load_columns_by_key
+from ._keys import DEFAULT_CHUNK_SIZE
 from ._logging import find_call_site, log_batch
 from ._modes import RAISE, WARN, effective_mode, warn_at_call_site
+from ._peers import same_load
 from ._stats import record_batch
 from .exc import LazyLoadingAttributeError
 
@@ -109,8 +110,14 @@ class BatchRefresh:
         if len(peers) < 2:
             return self._refresh_alone(profile, state, toload, passive)
         site = find_call_site()
-        with session.no_autoflush:
-            queries = refresh_columns(session, mapper, peers, columns, profile.chunk_size)
+        queries = refresh_columns(
+            session,
+            mapper,
+            peers,
+            columns,
+            profile.chunk_size,
+            autoflush=not passive & PassiveFlag.NO_AUTOFLUSH,
+        )
         touched = _compat.refresh_trigger(state)[0] or columns[0]
         record_batch(session, len(peers), queries)
         log_batch(model, touched, len(peers), site)
@@ -188,6 +195,8 @@ def expired_peers(
     mapper = trigger.mapper
     wanted = frozenset(toload)
     trigger_expired = trigger.expired_attributes
+    token = trigger.identity_token
+    loads_alike = same_load(trigger)
     shortcut = not trigger.committed_state and _loadable_expired(trigger) == wanted
     refreshes = profile_verdicts(
         lambda profile: profile is not None
@@ -201,6 +210,8 @@ def expired_peers(
             continue
         if not refreshes(state) or state.manager.mapper is not mapper or _compat.is_deleted(state):
             continue
+        if state.identity_token != token or not loads_alike(state):
+            continue
         unchanged_alike = shortcut and expired == trigger_expired and not state.committed_state
         if unchanged_alike or _loadable_expired(state) == wanted:
             peers.append(state)
@@ -213,16 +224,13 @@ def refresh_columns(
     states: list[InstanceState[Any]],
     keys: list[str],
     chunk_size: int | None,
+    *,
+    autoflush: bool,
 ) -> int:
-    """One SELECT per chunk of the primary key and ``keys``; values are
-    stored as committed state and the keys are no longer expired."""
-    props = [mapper.attrs[k] for k in keys]
-    pk_columns = list(mapper.primary_key)
-    stmt = (
-        select(*pk_columns, *(p.expression for p in props))
-        .select_from(mapper.selectable)
-        .where(key_filter(session, mapper, pk_columns))
-    )
+    """One SELECT per chunk of the primary key and ``keys``, as the stock
+    refresh of the first state would run it (its options, its shard);
+    values are stored as committed state and the keys are no longer
+    expired."""
     trigger = states[0]
 
     def settle(state: InstanceState[Any]) -> None:
@@ -230,5 +238,6 @@ def refresh_columns(
             # What SQLAlchemy's _load_expired does after refreshing.
             state.expired_attributes.clear()
 
+    run = ChunkRunner(session, trigger, mapper.attrs[keys[0]], (), autoflush)
     size = chunk_size or DEFAULT_CHUNK_SIZE
-    return load_columns_by_key(session, mapper, stmt, states, size, keys, each=settle)
+    return load_columns_by_key(run, mapper, states, size, keys, each=settle)

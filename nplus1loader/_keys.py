@@ -22,6 +22,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
+    ColumnElement,
     Dialect,
     Integer,
     String,
@@ -33,7 +35,10 @@ from sqlalchemy import (
     tuple_,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.orm import Mapper, Session
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.visitors import InternalTraversal
+
+from . import _compat
 
 DEFAULT_CHUNK_SIZE = 500
 """Instances per query; the same default as SQLAlchemy's ``selectinload``."""
@@ -45,22 +50,54 @@ KEYS_PARAM = "nplus1loader_keys"
 _ARRAY_SAFE = (Integer, String, Uuid)
 
 
-def key_filter(session: Session, mapper: Mapper[Any], columns: Sequence[Any]) -> Any:
-    """The condition selecting the rows of one chunk of keys, for the
-    database ``mapper``'s instances are loaded from."""
+def key_filter(columns: Sequence[Any]) -> Any:
+    """The condition selecting the rows of one chunk of keys.  It takes its
+    form from the dialect it is compiled for (see :class:`KeyIn`), so it
+    needs no bind, and prints with the default dialect."""
     if len(columns) > 1:
         return tuple_(*columns).in_(bindparam(KEYS_PARAM, expanding=True))
-    column = columns[0]
+    return KeyIn(columns[0])
+
+
+class KeyIn(ColumnElement[bool]):
+    """``column IN (<keys>)``, compiled per dialect: on PostgreSQL, for a
+    plain key type, ``column = ANY(CAST(:keys AS <type>[]))`` (one
+    statement text whatever the number of keys); elsewhere an expanding
+    ``IN``."""
+
+    __visit_name__ = "nplus1loader_key_in"
+    _traverse_internals = [("column", InternalTraversal.dp_clauseelement)]
+    inherit_cache = True
+    type = Boolean()
+
+    def __init__(self, column: Any) -> None:
+        clause = getattr(column, "__clause_element__", None)
+        self.column = clause() if clause is not None else column
+
+
+# A comparison, not a boolean value: rendered as is in WHERE, never "= 1".
+_compat.mark_implicitly_boolean(KeyIn)
+
+
+@compiles(KeyIn)
+def _compile_key_in(element: KeyIn, compiler: Any, **kw: Any) -> str:
+    return compiler.process(  # type: ignore[no-any-return]
+        element.column.in_(bindparam(KEYS_PARAM, expanding=True)), **kw
+    )
+
+
+@compiles(KeyIn, "postgresql")
+def _compile_key_any(element: KeyIn, compiler: Any, **kw: Any) -> str:
+    column = element.column
     column_type = column.type
-    dialect = session.get_bind(mapper=mapper).dialect
-    if dialect.name == "postgresql" and _array_safe(column_type):
-        array = ARRAY(column_type)
-        if isinstance(column_type, Integer) and dialect.driver == "psycopg2":
-            keys = bindparam(KEYS_PARAM, type_=IntegerArrayLiteral())
-        else:
-            keys = bindparam(KEYS_PARAM, type_=array)
-        return column == any_(cast(keys, array))
-    return column.in_(bindparam(KEYS_PARAM, expanding=True))
+    if not _array_safe(column_type):
+        return _compile_key_in(element, compiler, **kw)
+    array = ARRAY(column_type)
+    if isinstance(column_type, Integer) and compiler.dialect.driver == "psycopg2":
+        keys = bindparam(KEYS_PARAM, type_=IntegerArrayLiteral())
+    else:
+        keys = bindparam(KEYS_PARAM, type_=array)
+    return compiler.process(column == any_(cast(keys, array)), **kw)  # type: ignore[no-any-return]
 
 
 class IntegerArrayLiteral(TypeDecorator[Any]):

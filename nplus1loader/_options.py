@@ -55,7 +55,13 @@ class ArmOption(LoaderOption):
         ("mode", InternalTraversal.dp_plain_obj),
         ("nested", InternalTraversal.dp_plain_obj),
         ("chunk_size", InternalTraversal.dp_plain_obj),
+        ("arms_batches", InternalTraversal.dp_plain_obj),
     ]
+
+    #: Whether the option arms the lead entities of a statement that runs
+    #: as a lazy load (with a current path): only the option a batch adds
+    #: to its own statements does, to arm what the batch brings in.
+    arms_batches = False
 
     # Carried along on loaded instances, so a refresh of an armed instance
     # (``session.refresh(obj)``) arms it again; and the stamp by which the
@@ -168,15 +174,33 @@ class ArmOption(LoaderOption):
         if self.prefix:
             prefix = self.prefix[0]
             prefix.process_compile_state(compile_state)
-            targets = _prefixed_targets(prefix, entities, current)
-        elif replaying:
-            # A stock lazy load replaying the options of its parent: nested
-            # arming is done by our own batch queries, never here.
+            targets = _prefixed_targets(
+                prefix, entities, current, strict=not _compat.is_refresh(compile_state)
+            )
+        elif replaying and not self.arms_batches:
+            # A lazy load or refresh replaying the options its instance was
+            # loaded with: what it brings in is armed by the option that our
+            # own loads add (nested=True), never by the replayed one.
             return
         else:
             targets = [(_compat.entity_path(e), e.mapper, e.entity_zero) for e in entities]
+            if not replaying and not _compat.is_refresh(compile_state):
+                self._check_bound_apply(targets)
         for path, mapper, entity in targets:
             self._arm_entity(compile_state, path, mapper, entity)
+
+    def _check_bound_apply(self, targets: list[tuple[Any, Mapper[Any], Any]]) -> None:
+        """A class-bound attribute that no lead entity has is a mistake, as
+        it is for SQLAlchemy's own options (``selectinload(Article.author)``
+        on ``select(User)``)."""
+        for bound_entity, key in self.bound:
+            if not any(_entity_matches(bound_entity, m, e) for _, m, e in targets):
+                roots = ", ".join(str(m) for _, m, _ in targets) or "none"
+                raise ArgumentError(
+                    f'Mapped attribute "{_entity_name(bound_entity)}.{key}" does not apply to '
+                    f"any of the root entities in this query, e.g. {roots}. Please specify the "
+                    "full path from one of the root entities to the target attribute."
+                )
 
     def _arm_entity(self, compile_state: Any, path: Any, mapper: Mapper[Any], entity: Any) -> None:
         props = self._props_for(mapper, entity)
@@ -252,6 +276,10 @@ class ArmOption(LoaderOption):
         return isinstance(prop, ColumnProperty) and COLUMNS in self.kinds
 
 
+def _entity_name(entity: Any) -> str:
+    return str(getattr(entity, "name", None) or entity.mapper.class_.__name__)
+
+
 def _entity_matches(bound_entity: Any, mapper: Mapper[Any], entity: Any) -> bool:
     if getattr(bound_entity, "is_aliased_class", False):
         return bound_entity is entity
@@ -267,7 +295,7 @@ def _prefix_entity_mapper(prefix: Any) -> Mapper[Any] | None:
 
 
 def _prefixed_targets(
-    prefix: Any, entities: list[Any], current: tuple[Any, ...]
+    prefix: Any, entities: list[Any], current: tuple[Any, ...], strict: bool
 ) -> list[tuple[Any, Mapper[Any], Any]]:
     """The entity path a chained option applies to, expressed relative to
     this query's lead entities (in a lazy load, relative to the path the
@@ -289,7 +317,7 @@ def _prefixed_targets(
                 target = target[rest[i]][rest[i + 1]]
             last = rest[-1] if rest else head
             targets.append((target, last.mapper, last))
-    if not targets and not current:
+    if not targets and not current and strict:
         raise ArgumentError(
             f"option chained from {path} does not apply to any entity of this query"
         )
@@ -368,6 +396,21 @@ def raiseload_col(*attrs: Attr) -> ArmOption:
 def raiseload_rel(*attrs: Attr) -> ArmOption:
     """Touching a lazily loaded relationship raises."""
     return ArmOption("raiseload_rel", attrs, (RELATIONSHIPS,), RAISE, False, None)
+
+
+_batch_options: dict[int | None, ArmOption] = {}
+
+
+def batch_arming_option(chunk_size: int | None) -> ArmOption:
+    """The option a batch adds to its statements so that what it brings in
+    is armed in turn (``nested=True``): one object per chunk size, so the
+    statements' cache keys and the stamp on the instances stay the same."""
+    found = _batch_options.get(chunk_size)
+    if found is None:
+        found = ArmOption("nplus1loader", ("*",), _BOTH, LOAD, True, chunk_size)
+        found.arms_batches = True
+        _batch_options[chunk_size] = found
+    return found
 
 
 def default_columns(model: Any) -> Load:

@@ -12,6 +12,7 @@ and profiles hold no reference to any instance: dropping an object frees it.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from sqlalchemy.orm import LoaderCallableStatus, PassiveFlag
@@ -105,14 +106,37 @@ class ArmedLoader:
             # Without RELATED_OBJECT_OK (the flush reading a many-to-one's
             # history) SQLAlchemy only looks in the identity map: no SQL.
             return self._stock(state, passive)
+        join_keys = self.join_keys
+        if join_keys:
+            # What stock reads first: the parent's values the load is keyed
+            # by, refreshing them if they expired (which raises
+            # ObjectDeletedError for a row deleted behind the session).
+            dict_ = state.dict
+            for key in join_keys:
+                if key not in dict_:
+                    found = _compat.load_attribute(state, key, passive & ~PassiveFlag.INIT_OK)
+                    if found is LoaderCallableStatus.PASSIVE_NO_RESULT:
+                        return self._stock(state, passive)
+            if self.key in dict_:
+                return LoaderCallableStatus.ATTR_WAS_SET
+            if any(key in state.committed_state for key in join_keys):
+                # Changed in memory: stock loads by the new values.
+                return self._stock(state, passive)
         peers = armed_peers(session, state, self)
-        if not peers:
+        if len(peers) < 2:
+            # One instance is no N+1 pattern: the very statement stock runs.
             return self._stock(state, passive)
         model = self.prop.parent.class_.__name__
         site = find_call_site()
         options = _nested_options(self) if self.nested and not self.is_column else ()
-        options += self.criteria
-        batch = load_states(session, self.prop, peers, checked_chunk_size(self.chunk_size), options)
+        batch = load_states(
+            session,
+            self.prop,
+            peers,
+            checked_chunk_size(self.chunk_size),
+            options,
+            autoflush=not passive & PassiveFlag.NO_AUTOFLUSH,
+        )
         # Reported once the batch has run: a batch that failed (a lost
         # connection, MissingGreenlet under asyncio) loaded nothing.
         record_batch(session, len(peers), batch.statements, batch.stock)
@@ -129,6 +153,14 @@ class ArmedLoader:
         return self._stock(state, passive)
 
     @property
+    def join_keys(self) -> tuple[str, ...]:
+        """The parent's attributes a stock load of this relationship reads
+        to build its WHERE clause (none for a column: it loads by identity)."""
+        if self.is_column:
+            return ()
+        return relationship_join_keys(self.prop)
+
+    @property
     def is_many_to_one(self) -> bool:
         direction = getattr(self.prop, "direction", None)
         return direction is not None and direction.name == "MANYTOONE"
@@ -138,6 +170,13 @@ class ArmedLoader:
         return not hasattr(self.prop, "direction")
 
     def _stock(self, state: InstanceState[Any], passive: PassiveFlag) -> Any:
+        """SQLAlchemy's own load of this one instance; with ``nested``, what
+        it brings in is armed in turn (the same statement, one more option)."""
+        if self.nested and not self.is_column:
+            stock = _compat.get_strategy(self.prop, (("lazy", "select"),))
+            return _compat.load_for_state(
+                stock, state, passive, extra_options=_nested_options(self)
+            )
         return StockLoader(self.key, self.is_column)(state, passive)
 
     def _raise(self, state: InstanceState[Any], passive: PassiveFlag) -> Any:
@@ -188,14 +227,17 @@ def armed_peers(
     session: Any, trigger: InstanceState[Any], loader: ArmedLoader
 ) -> list[InstanceState[Any]]:
     """The trigger first, then every other persistent instance of the session
-    that is armed (in load mode) for the same attribute and still lacks it.
+    that is armed (in load mode) for the same attribute, still lacks it, and
+    would load it with the very statement the trigger's load runs: the same
+    identity token (shard), load path and load options (stock replays each
+    instance's own), and the join values it reads unchanged in memory.
 
     One pass over the identity map.  An instance's loader for the attribute
     is its per-instance hook if it has one, else its profile's class-level
-    entry (SQLAlchemy's own precedence); the verdict on each distinct hook
-    and profile is cached, as the instances one query armed share them.
-    Identity-map states are persistent in this session and not deleted (a
-    flushed delete leaves the map).
+    entry (SQLAlchemy's own precedence); the verdict on each distinct hook,
+    profile and set of load options is cached, as the instances one query
+    armed share them.  Identity-map states are persistent in this session
+    and not deleted (a flushed delete leaves the map).
     """
     prop = loader.prop
     if trigger.deleted or not lacks(trigger, prop):
@@ -204,6 +246,8 @@ def armed_peers(
     # A collection with only backref appends queued still loads (they merge
     # in, as in a stock lazy load); a scalar changed in memory does not.
     changed_blocks = not prop_is_collection(prop)
+    join_keys = loader.join_keys
+    token = trigger.identity_token
     # Under an override to load or warn (NPLUS1LOADER_MODE, the pytest
     # plugin), instances armed by a raise option batch like the others.
     raise_hooks_load = effective_mode(RAISE) != RAISE
@@ -225,18 +269,92 @@ def armed_peers(
         return found is not None and batches(found)
 
     armed_by_profile = profile_verdicts(profile_batches)
+    loads_alike = same_load(trigger)
     peers = [trigger]
     for state in _compat.all_states(session):
         callables = state.callables
         hook = callables.get(key) if callables else None
         if not (armed_by_profile(state) if hook is None else batches(hook)):
             continue
-        if state is trigger or key in state.dict:
+        if state is trigger:
             continue
-        if changed_blocks and key in state.committed_state:
+        dict_ = state.dict
+        if key in dict_:
+            continue
+        committed = state.committed_state
+        if committed and (
+            (changed_blocks and key in committed) or any(k in committed for k in join_keys)
+        ):
+            continue
+        if join_keys and not all(k in dict_ for k in join_keys):
+            # Expired or deferred: stock would read (refresh) it first.
+            continue
+        if state.identity_token != token or not loads_alike(state):
             continue
         peers.append(state)
     return peers
+
+
+def same_load(trigger: InstanceState[Any]) -> Any:
+    """For a scan: whether a state was loaded with the trigger's load path
+    and load options (equal ones, as a later execution of the same query
+    gives), cached per distinct pair."""
+    options = trigger.load_options
+    path = _compat.load_path_of(trigger)
+    path_key = _path_key(path)
+    verdicts: dict[tuple[int, int], bool] = {}
+    held: list[Any] = []  # keeps the ids of the cache keys valid
+
+    def alike(state: InstanceState[Any]) -> bool:
+        other = state.load_options
+        other_path = _compat.load_path_of(state)
+        if other is options and other_path is path:
+            return True
+        cache_key = (id(other), id(other_path))
+        verdict = verdicts.get(cache_key)
+        if verdict is None:
+            held.append((other, other_path))
+            verdict = verdicts[cache_key] = (
+                _path_key(other_path) == path_key
+                and len(other) == len(options)
+                and all(_compat.options_equal(a, b) for a, b in zip(other, options, strict=True))
+            )
+        return verdict
+
+    return alike
+
+
+def _path_key(path: Any) -> tuple[Any, ...]:
+    """A load path with each mapper taken as its hierarchy's base: a Dog and
+    a Cat loaded by two queries with equal options are peers for a
+    relationship of Animal, as SQLAlchemy matches option paths along the
+    inheritance hierarchy."""
+    return tuple(getattr(step, "base_mapper", step) for step in path.path)
+
+
+_join_keys: weakref.WeakKeyDictionary[Any, dict[str, tuple[str, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def relationship_join_keys(prop: Any) -> tuple[str, ...]:
+    """The parent attributes whose values stock's lazy clause of ``prop``
+    binds (the primary key of a one-to-many, the foreign key of a
+    many-to-one), computed once per relationship."""
+    per_mapper = _join_keys.setdefault(prop.parent, {})
+    found = per_mapper.get(prop.key)
+    if found is None:
+        _, bind_to_col = _compat.lazy_clause(prop)
+        keys: list[str] = []
+        for column in bind_to_col.values():
+            try:
+                name = prop.parent.get_property_by_column(column).key
+            except Exception:  # a column the parent does not map
+                continue
+            if name not in keys:
+                keys.append(name)
+        found = per_mapper[prop.key] = tuple(keys)
+    return found
 
 
 def prop_is_collection(prop: Any) -> bool:
@@ -244,6 +362,6 @@ def prop_is_collection(prop: Any) -> bool:
 
 
 def _nested_options(loader: ArmedLoader) -> tuple[Any, ...]:
-    from ._options import nplus1loader
+    from ._options import batch_arming_option
 
-    return (nplus1loader("*", nested=True, chunk_size=loader.chunk_size),)
+    return (batch_arming_option(loader.chunk_size),)

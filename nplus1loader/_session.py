@@ -32,9 +32,6 @@ T = TypeVar("T")
 _MODE_ATTR = "_nplus1loader_mode"
 #: On a sync Session class that :func:`enable` made for an async_sessionmaker.
 _DEDICATED_ATTR = "_nplus1loader_dedicated"
-#: Execution option: the first listener that fired for this execution already
-#: added the option (a session and its class may both be enabled).
-_APPLIED = "_nplus1loader_session_wide"
 _UNSET = object()
 
 _suspended: ContextVar[bool] = ContextVar("nplus1loader_disabled", default=False)
@@ -88,10 +85,19 @@ def enable(target: T, mode: str = LOAD) -> T:
     """
     check_mode(mode, "enable()")
     holder = _holder(target)
-    if not isinstance(_own_mode(holder), str):
-        event.listen(holder, "do_orm_execute", _on_do_orm_execute)
+    _ensure_listener()
     setattr(holder, _MODE_ATTR, mode)
     return target
+
+
+def _ensure_listener() -> None:
+    """One listener on ``Session`` itself serves every enabled session: it
+    runs once per execution, and asks the session for its mode.  Checked
+    on every :func:`enable`, so a listener removed with ``event.remove``
+    (or with all session events, as SQLAlchemy's own test suite does)
+    comes back."""
+    if not event.contains(Session, "do_orm_execute", _on_do_orm_execute):
+        event.listen(Session, "do_orm_execute", _on_do_orm_execute)
 
 
 def disable(target: Any) -> None:
@@ -101,8 +107,6 @@ def disable(target: Any) -> None:
     class) switches it off for that session (or subclass) only.
     """
     holder = _holder(target)
-    if isinstance(_own_mode(holder), str):
-        event.remove(holder, "do_orm_execute", _on_do_orm_execute)
     if _inherited_mode(holder) is not None:
         setattr(holder, _MODE_ATTR, None)
     elif _own_mode(holder) is not _UNSET:
@@ -142,12 +146,11 @@ def _on_do_orm_execute(orm_execute_state: ORMExecuteState) -> None:
     # the query that loaded the instance; adding ours there would do nothing.
     if not state.is_select or state.is_column_load or state.is_relationship_load:
         return
-    if _suspended.get() or state.local_execution_options.get(_APPLIED):
+    if _suspended.get():
         return
     mode = enabled_mode(state.session)
     if mode is None:
         return
-    state.update_execution_options(**{_APPLIED: True})
     state.statement = state.statement.options(_OPTIONS[mode])
 
 

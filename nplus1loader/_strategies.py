@@ -188,10 +188,15 @@ def _decide(prop: Any, loadopt: Any, attributes: Any, path: Any) -> tuple[bool, 
     key = under.strategy if under is not None and under.strategy else prop.strategy_key
     if key in _OUR_KEYS:
         return True, None, None
+    if loadopt.mode == RAISE and loadopt.underlying is not None and under.strategy:
+        # An option naming the attribute (lazyload(User.addresses),
+        # joinedload, undefer) is more specific than a raise wildcard, as
+        # it is than orm.raiseload('*'): it decides.
+        return False, key, under
     opts = dict(key)
     if isinstance(prop, ColumnProperty):
         arm = bool(opts.get("deferred")) and opts.get("instrument", True)
-        if loadopt.mode == LOAD and opts.get("raiseload"):
+        if opts.get("raiseload"):
             arm = False  # the user asked this column to raise: keep it so
         if prop.group and under is not None and under.local_opts.get(f"undefer_group_{prop.group}"):
             arm = False  # undefer_group(): the query loads the group itself

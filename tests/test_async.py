@@ -317,7 +317,9 @@ def test_expired_after_commit_refreshes_every_armed_peer(
             assert expected != before
             with QueryCounter(async_engine) as q:
                 await getattr(users[3].awaitable_attrs, attr)
-            q.assert_count(1)
+            # A relationship's lazy clause reads the expired primary key
+            # first, as stock does: one refresh of every peer, then the load.
+            q.assert_count(2 if attr == "articles" else 1)
             with QueryCounter(async_engine) as q:
                 assert read(users, attr) == expected
             q.assert_count(0)

@@ -37,33 +37,56 @@ def session(engine: Engine) -> Iterator[Session]:
 # ------------------------------------------------------------- autoflush
 
 
-@pytest.mark.parametrize("key", ["bio", "articles"])
-def test_batch_does_not_autoflush_pending_objects(
-    engine: Engine, session: Session, key: str
-) -> None:
-    users = load(session, "scalars", User, nplus1loader("*"))
+def _with_pending(session: Session, users: list[Any]) -> User:
     newcomer = User(id=1000, name="new", email="new@example.com")
     session.add(newcomer)
     session.add(Article(id=1000, author_id=users[1].id, title="pending", body="b", summary="s"))
+    return newcomer
 
-    with QueryCounter(engine) as q:
+
+@pytest.mark.parametrize("key", ["bio", "articles"])
+def test_batch_autoflushes_once_before_its_first_statement_as_stock_does(
+    engine: Engine, session: Session, key: str
+) -> None:
+    """Stock's first lazy load flushes pending changes; so does the batch,
+    once, and it then sees them exactly as stock does."""
+    session.close()
+    connection = engine.connect()
+    outer = connection.begin()
+    try:
+        with Session(connection) as session:
+            users = load(session, "scalars", User, nplus1loader("*"))
+            newcomer = _with_pending(session, users)
+            with QueryCounter(engine) as q:
+                getattr(users[0], key)
+            kinds = [s.lstrip().split()[0].upper() for s in q.statements]
+            assert kinds == ["INSERT", "INSERT", "SELECT"], q.statements
+            assert newcomer not in session.new
+            got = touch_all(engine, users, lambda u: getattr(u, key))
+            assert got.queries == 0
+        outer.rollback()
+        outer = connection.begin()
+        with Session(connection) as session:
+            users = load(session, "scalars", User)
+            _with_pending(session, users)
+            want = touch_all(engine, users, lambda u: getattr(u, key))
+        assert got.values == want.values
+        if key == "articles":
+            assert 1000 in [a["id"] for a in got.values[ident(users[1])]]
+    finally:
+        outer.rollback()
+        connection.close()
+
+
+@pytest.mark.parametrize("key", ["bio", "articles"])
+def test_batch_under_no_autoflush_does_not_flush(engine: Engine, session: Session, key: str) -> None:
+    users = load(session, "scalars", User, nplus1loader("*"))
+    newcomer = _with_pending(session, users)
+    with session.no_autoflush, QueryCounter(engine) as q:
         getattr(users[0], key)
     assert q.count == 1, q.statements
     assert q.statements[0].lstrip().upper().startswith("SELECT")
     assert newcomer in session.new
-    assert not loaded(newcomer, key)  # pending: not a peer
-    if key == "articles":
-        # Loaded from the database as it was: the unflushed article is not there.
-        got = touch_all(engine, users, lambda u: u.articles)
-        want = stock(engine, User, lambda u: u.articles)
-        assert got.queries == 0
-        assert got.values == want.values
-
-    with QueryCounter(engine) as q:
-        session.flush()
-    assert q.count >= 1
-    assert all(s.lstrip().upper().startswith("INSERT") for s in q.statements)
-    assert session.scalar(select(User.name).where(User.id == 1000)) == "new"
 
 
 # ------------------------------------------- changes are never overwritten
@@ -72,6 +95,9 @@ def test_batch_does_not_autoflush_pending_objects(
 def test_changed_column_on_a_peer_is_kept_with_its_history(
     engine: Engine, session: Session
 ) -> None:
+    # Without autoflush (which would write the change, as stock's would):
+    # the change stays in memory, and the batch must not overwrite it.
+    session.autoflush = False
     users = load(session, "scalars", User, nplus1loader("*"))
     users[1].bio = "changed in memory"
 
@@ -91,6 +117,9 @@ def test_changed_column_on_a_peer_is_kept_with_its_history(
 def test_changed_many_to_one_on_a_peer_is_kept_with_its_history(
     engine: Engine, session: Session
 ) -> None:
+    # Without autoflush (which would write the change, as stock's would):
+    # the change stays in memory, and the batch must not overwrite it.
+    session.autoflush = False
     articles = load(session, "scalars", Article, nplus1loader("*"))
     other = session.get(User, 6)
     assert other is not None

@@ -255,15 +255,31 @@ def check_nothing_half_set(objs: list[Any], scenario: Scenario, expected: dict[A
     return unloaded
 
 
-def retry_cost(session: Session, objs: list[Any], scenario: Scenario) -> int:
+def retry_cost(
+    session: Session, objs: list[Any], scenario: Scenario, expected: dict[Any, Any]
+) -> int:
     """Statements one batch needs for the instances still lacking the
     attribute: one per chunk of them, or for a many-to-one whose foreign
     keys are loaded, one per chunk of the targets not in the session."""
     lacking = [obj for obj in objs if scenario.key not in inspect(obj).dict]
-    if scenario.key == "author" and all("author_id" in inspect(p).dict for p in lacking):
+    # A relationship's load reads the parent's join column first, as stock
+    # does: where a rollback expired it, that is one refresh per chunk of
+    # the armed instances with the same attributes expired (all of them).
+    join_key = JOIN_KEYS.get(scenario.key)
+    refresh = 0
+    if join_key is not None and any(join_key not in inspect(o).dict for o in lacking):
+        refresh = batches(sum(1 for o in objs if join_key not in inspect(o).dict))
+    if scenario.key == "author":
         present = {key_of(a) for a in session.identity_map.values() if isinstance(a, Author)}
-        return batches(len({p.author_id for p in lacking} - present))
-    return batches(len(lacking))
+        # The authors' ids from stock's values: reading p.author_id here
+        # would refresh it.
+        wanted = {(expected[key_of(p)],) for p in lacking}
+        return refresh + batches(len(wanted - present))
+    return refresh + batches(len(lacking))
+
+
+#: The parent column each relationship scenario's lazy clause reads.
+JOIN_KEYS = {"posts": "id", "author": "author_id", "comments": "id"}
 
 
 # ------------------------------------------------------------ tests
@@ -322,7 +338,7 @@ def run_fault(
         # Retry: what is missing loads in one batch (the instances are still
         # armed, also after the rollback expired them).
         gc.collect()
-        cost = retry_cost(session, objs, scenario)
+        cost = retry_cost(session, objs, scenario, expected)
         with QueryCounter(engine) as q:
             values = [scenario.read(obj) for obj in objs]
         assert values == [expected[key_of(obj)] for obj in objs]
@@ -354,7 +370,10 @@ def test_session_usable_after_rollback_of_failed_batch(
         q.assert_count(batches(AUTHORS))
         with QueryCounter(engine) as q:
             assert {key_of(a): [p.id for p in a.posts] for a in authors} == expected
-        q.assert_count(batches(AUTHORS))
+        # The rollback expired the authors' primary key, which the lazy
+        # clause reads first, as stock does: one refresh per chunk, then the
+        # collection.
+        q.assert_count(2 * batches(AUTHORS))
 
         authors[0].name = "renamed"
         session.commit()

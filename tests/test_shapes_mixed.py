@@ -30,7 +30,7 @@ def _stock_articles(engine: Engine) -> dict:
 
 def test_mixed_column_states(engine: Engine) -> None:
     expected = _stock_articles(engine)
-    with zoo_sessions(engine)() as session:
+    with zoo_sessions(engine)(autoflush=False) as session:  # changes stay in memory
         articles = session.scalars(ARTICLES.options(ARMED)).all()
         changed, group_changed, expired, loaded, body_expired = articles[:5]
         session.scalars(
@@ -79,7 +79,7 @@ def test_mixed_relationship_states(engine: Engine) -> None:
         spare = session.scalars(select(ZooBook).order_by(ZooBook.id.desc())).first()
         spare_id, spare_author = spare.id, identity(spare.author)
 
-    with zoo_sessions(engine)() as session:
+    with zoo_sessions(engine)(autoflush=False) as session:  # changes stay in memory
         authors = session.scalars(AUTHORS.options(ARMED)).all()
         replaced, pending_added, loaded = authors[:3]
         spare = session.get(ZooBook, spare_id)
@@ -116,7 +116,7 @@ def test_many_to_one_follows_foreign_key_changed_in_memory(engine: Engine) -> No
         stock = {identity(b): snapshot(b.author) for b in session.scalars(BOOKS)}
         author_ids = sorted(set(session.scalars(select(ZooAuthor.id))))
 
-    with zoo_sessions(engine)() as session:
+    with zoo_sessions(engine)(autoflush=False) as session:  # changes stay in memory
         books = session.scalars(BOOKS.options(ARMED)).all()
         moved = books[1]
         new_author = next(i for i in author_ids if i != moved.author_id)

@@ -202,19 +202,19 @@ def test_log_record_carries_structured_fields(
     assert record.getMessage() == f"Author.books: N+1 loading of {len(authors)} instances at {site}"
 
 
-def test_a_batch_of_one_is_logged_at_debug(
+def test_a_lone_instance_loads_as_stock_and_is_not_logged(
     seeded: Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """One instance is no N+1 pattern: it loads with stock's own statement,
+    and nothing is reported."""
     with Session(seeded) as session:
         author = session.scalars(AUTHORS.where(Author.id == 1).options(nplus1loader())).one()
         caplog.set_level(logging.DEBUG, logger=LOGGER)
-        author.bio  # noqa: B018
-    [record] = [r for r in caplog.records if r.name == LOGGER]
-    assert (record.levelno, record.nplus1_attribute, record.nplus1_instances) == (  # type: ignore[attr-defined]
-        logging.DEBUG,
-        "bio",
-        1,
-    )
+        with QueryCounter(seeded) as q:
+            author.bio  # noqa: B018
+    assert [r for r in caplog.records if r.name == LOGGER] == []
+    assert q.count == 1
+    assert " IN " not in q.statements[0]
 
 
 def test_fields_survive_a_json_formatter(seeded: Engine, caplog: pytest.LogCaptureFixture) -> None:
