@@ -357,7 +357,13 @@ def _on_pickle(state: InstanceState[Any], state_dict: dict[str, Any]) -> None:
 
     dict_ = state.dict
     callables = dict(state_dict.get("callables") or {})
+    added = False
     for key, loader in profile.class_level.items():
-        if key not in dict_ and key not in callables:
-            callables[key] = StockLoader(key, loader.is_column)
-    state_dict["callables"] = callables
+        if key in dict_ or key in callables:
+            continue
+        if loader.is_column or dict(loader.prop.strategy_key).get("lazy") in ("select", True):
+            continue  # the mapping's own loader is the stock one: nothing to carry
+        callables[key] = StockLoader(key, loader.is_column)
+        added = True
+    if added:
+        state_dict["callables"] = callables

@@ -501,6 +501,31 @@ def _statement_shape(prop: RelationshipProperty[Any], by_join: bool = False) -> 
     return found
 
 
+_batchable: weakref.WeakKeyDictionary[Mapper[Any], dict[str, bool]] = weakref.WeakKeyDictionary()
+
+_SUBQUERIES = frozenset({"select", "scalar_select", "subquery", "lateral", "exists"})
+
+
+def relationship_batchable(prop: RelationshipProperty[Any]) -> bool:
+    """Whether a batch can load ``prop`` for many parents at once.  A join
+    condition holding a subquery correlated to the parent (the latest row
+    of each parent, say) cannot take the parent's columns from an alias:
+    such relationships load one instance at a time, as stock does."""
+    per_mapper = _batchable.setdefault(prop.parent, {})
+    found = per_mapper.get(prop.key)
+    if found is None:
+        if prop.direction is RelationshipDirection.MANYTOONE and _compat.lazy_strategy(prop).use_get:
+            found = True
+        else:
+            criterion, _ = _compat.lazy_clause(prop)
+            found = not any(
+                getattr(element, "__visit_name__", None) in _SUBQUERIES
+                for element in visitors.iterate(criterion)
+            )
+        per_mapper[prop.key] = found
+    return found
+
+
 def _omit_join_columns(prop: RelationshipProperty[Any]) -> list[Any] | None:
     """For a one-to-many whose join condition is just "the target's foreign
     key equals the parent's primary key", the target's foreign-key

@@ -20,7 +20,7 @@ from sqlalchemy.orm.state import InstanceState
 
 from . import _compat
 from ._arming import profile_verdicts
-from ._batch import checked_chunk_size, lacks, load_states
+from ._batch import checked_chunk_size, lacks, load_states, relationship_batchable
 from ._logging import find_call_site, log_batch
 from ._modes import LOAD, RAISE, WARN, effective_mode, warn_at_call_site
 from ._stats import record_batch
@@ -101,10 +101,15 @@ class ArmedLoader:
             session is None
             or state.key is None
             or not passive & PassiveFlag.SQL_OK
+            or passive & PassiveFlag.DEFERRED_HISTORY_LOAD
             or (self.is_many_to_one and not passive & PassiveFlag.RELATED_OBJECT_OK)
         ):
             # Without RELATED_OBJECT_OK (the flush reading a many-to-one's
             # history) SQLAlchemy only looks in the identity map: no SQL.
+            # A deferred history load wants the old value of an attribute
+            # set in memory, returned, not stored: stock's business.
+            return self._stock(state, passive)
+        if not self.is_column and not relationship_batchable(self.prop):
             return self._stock(state, passive)
         join_keys = self.join_keys
         if join_keys:

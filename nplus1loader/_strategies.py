@@ -188,7 +188,12 @@ def _decide(prop: Any, loadopt: Any, attributes: Any, path: Any) -> tuple[bool, 
     key = under.strategy if under is not None and under.strategy else prop.strategy_key
     if key in _OUR_KEYS:
         return True, None, None
-    if loadopt.mode == RAISE and loadopt.underlying is not None and under.strategy:
+    if (
+        loadopt.mode == RAISE
+        and loadopt.underlying is not None
+        and isinstance(prop, RelationshipProperty)
+        and under.strategy
+    ):
         # An option naming the attribute (lazyload(User.addresses),
         # joinedload, undefer) is more specific than a raise wildcard, as
         # it is than orm.raiseload('*'): it decides.

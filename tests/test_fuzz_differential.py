@@ -773,7 +773,9 @@ class Runner:
         if state.key is not None and hook is not None and hook[0] == "raise":
             return "raise", []
         if hook is not None and persistent:
-            return "batch", self.batch_peers(state, key)
+            peers = self.batch_peers(state, key)
+            # One instance is no N+1 pattern: stock's own load.
+            return ("batch", peers) if len(peers) > 1 else ("stock", [])
         if attr.is_rel and state.key is not None and state.session is not None:
             # A stock lazy load reads the relationship's own columns first,
             # each through its own loader: a raise hook on one raises (as
@@ -792,6 +794,9 @@ class Runner:
     def batch_peers(self, trigger: InstanceState[Any], key: str) -> list[Any]:
         peers = [trigger]
         prop = trigger.mapper.attrs[key]
+        local = ATTRS[trigger.class_.__name__][key].local if prop_is_rel(prop) else ()
+        if any(c not in trigger.dict or c in trigger.committed_state for c in local):
+            return [trigger]  # stock loads by the values it reads (changed: alone)
         for state in self.n.session.identity_map.all_states():
             # The same attribute: Tag.posts is no peer of Author.posts.
             if state is trigger or state.mapper.attrs.get(key) is not prop:
@@ -805,6 +810,12 @@ class Runner:
                 # (the queued items merge in, as in a stock lazy load).
                 and (key not in state.committed_state or ATTRS[state.class_.__name__][key].uselist)
                 and not state.deleted
+                # Stock reads the join columns: expired, deferred or changed
+                # in memory, the peer loads on its own.
+                and all(c in state.dict and c not in state.committed_state for c in local)
+                # Stock replays each instance's own load options at its path:
+                # only instances whose would be the same share a statement.
+                and same_replay(state, trigger)
             ):
                 peers.append(state)
         return peers
@@ -954,6 +965,21 @@ class Runner:
             # stock never.  Both are right; nothing to compare.
             note_event("touch: deleted instance, skipped")
             return None
+        if attr.is_rel and key not in state.dict and not state.expired_attributes.isdisjoint(
+            attr.local
+        ):
+            # A lazy load reads the parent's expired join columns first (a
+            # refresh, batched over the armed peers), as stock's does: read
+            # them the same way on both sides, then predict the load.
+            for column in [c for c in attr.local if c in state.expired_attributes]:
+                # SQLAlchemy's own read (not the descriptor's): what a lazy
+                # load does, which raise mode does not stop.
+                n_read = self.in_n(lambda c=column: internal_read(n_obj, c), "hooks")
+                o_read = self.attempt(self.o, lambda c=column: internal_read(o_obj, c))
+                self.compare_errors(n_read, o_read)
+                if n_read.error is not None:
+                    return n_read
+            self.catch_up()
         kind, peers = self.predict(state, attr)
         before = self.snapshot()
         with self.n.session.no_autoflush:
@@ -1486,3 +1512,32 @@ def test_latest_query_decides_the_mode_after_refresh(engine: Engine, peers: int)
         assert first[0].name == expected[1]  # the refresh
         session.commit()
         assert [a.name for a in first] == [expected[a.id] for a in first]
+
+
+def prop_is_rel(prop: Any) -> bool:
+    return hasattr(prop, "direction")
+
+
+def same_replay(state: InstanceState[Any], other: InstanceState[Any]) -> bool:
+    """Whether a stock lazy load of ``state`` would replay what one of
+    ``other`` replays: equal load options (by cache key) at the same path
+    (mappers taken as their hierarchy's base)."""
+
+    def path(s: InstanceState[Any]) -> tuple[Any, ...]:
+        return tuple(getattr(step, "base_mapper", step) for step in s.load_path.path)
+
+    def key(option: Any) -> Any:
+        found = option._generate_cache_key()
+        return option if found is None else found.key
+
+    if path(state) != path(other) or state.identity_token != other.identity_token:
+        return False
+    mine, theirs = state.load_options, other.load_options
+    return len(mine) == len(theirs) and all(
+        a is b or key(a) == key(b) for a, b in zip(mine, theirs, strict=True)
+    )
+
+
+def internal_read(obj: Any, key: str) -> Any:
+    state = inspect(obj)
+    return state.manager[key].impl.get(state, state.dict)

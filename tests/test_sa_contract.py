@@ -202,7 +202,34 @@ def test_stamped_options_and_joined_eager_loads(session: Session) -> None:
     assert not _compat.rows_reach_one_path(joined)
 
 
-def test_batch_load_marker_reaches_the_query_context(session: Session) -> None:
-    plain, batch = _load_contexts(session, (select(Owner), {}), (select(Owner), _compat.BATCH_LOAD))
-    assert not _compat.is_batch_load(plain)
-    assert _compat.is_batch_load(batch)
+def test_lazy_load_options_reach_listeners(session: Session) -> None:
+    """What a batch statement carries, as ORMExecuteState reads it: the
+    options of SQLAlchemy's own lazy and column loads."""
+    owner = session.scalars(select(Owner)).first()
+    assert owner is not None
+    state = sa_inspect(owner)
+    seen: list[tuple[bool, bool, Any, bool]] = []
+
+    def listener(orm_state: Any) -> None:
+        seen.append(
+            (
+                orm_state.is_relationship_load,
+                orm_state.is_column_load,
+                orm_state.lazy_loaded_from,
+                orm_state.load_options._autoflush,
+            )
+        )
+
+    event.listen(session, "do_orm_execute", listener)
+    try:
+        path = state.mapper._path_registry
+        stmt = _compat.as_lazy_load(select(Owner), path[state.mapper.attrs["pets"]], for_columns=False)
+        options = _compat.lazy_load_execution_options(
+            loaded_from=state, identity_token=None, autoflush=False
+        )
+        session.execute(stmt, execution_options=options).all()
+        column_stmt = _compat.as_lazy_load(select(Owner.id), None, for_columns=True)
+        session.execute(column_stmt, execution_options=options).all()
+    finally:
+        event.remove(session, "do_orm_execute", listener)
+    assert seen == [(True, False, state, False), (False, True, state, False)]
