@@ -217,10 +217,13 @@ class ChunkRunner:
         """Run the prepared ``stmt`` for each chunk of ``keys`` (parameter
         values: bare for a one-column key, tuples otherwise); yields the
         chunk and its rows (tuples, read by position)."""
+        # A column load names its shard as stock's does (identity token); a
+        # relationship load lets the session route it by lazy_loaded_from.
+        token = self.identity_token if isinstance(self.prop, ColumnProperty) else None
         for chunk in chunks(keys, size):
             options = _compat.lazy_load_execution_options(
                 loaded_from=self.trigger,
-                identity_token=self.identity_token if isinstance(self.prop, ColumnProperty) else None,
+                identity_token=token,
                 # The first statement flushes as a stock lazy load would;
                 # the others find nothing more to flush.
                 autoflush=self.autoflush and self.statements == 0,
@@ -514,7 +517,8 @@ def relationship_batchable(prop: RelationshipProperty[Any]) -> bool:
     per_mapper = _batchable.setdefault(prop.parent, {})
     found = per_mapper.get(prop.key)
     if found is None:
-        if prop.direction is RelationshipDirection.MANYTOONE and _compat.lazy_strategy(prop).use_get:
+        many_to_one = prop.direction is RelationshipDirection.MANYTOONE
+        if many_to_one and _compat.lazy_strategy(prop).use_get:
             found = True
         else:
             criterion, _ = _compat.lazy_clause(prop)

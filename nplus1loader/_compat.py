@@ -337,7 +337,10 @@ def target_correlates_to_parent(prop: Any) -> bool:
 def add_compile_state_func(stmt: Any, fn: Callable[[Any], None], cache_key: Any) -> Any:
     """``stmt`` with ``fn`` run on its compile state, as SQLAlchemy's own
     lazy loader adds the rule that it does not eager-load back to the parent."""
-    return stmt._add_compile_state_func(fn, cache_key)
+    add = getattr(stmt, "_add_compile_state_func", None)  # 2.1
+    if add is None:
+        add = stmt._add_context_option  # 2.0
+    return add(fn, cache_key)
 
 
 def reverse_lazyload(prop: Any) -> Callable[[Any], None]:

@@ -965,12 +965,16 @@ class Runner:
             # stock never.  Both are right; nothing to compare.
             note_event("touch: deleted instance, skipped")
             return None
-        if attr.is_rel and key not in state.dict and not state.expired_attributes.isdisjoint(
-            attr.local
+        if (
+            attr.is_rel
+            and key not in state.dict
+            and not state.expired_attributes.isdisjoint(attr.local)
+            and (self.model.hook(state, key) or ("",))[0] == "load"
         ):
             # A lazy load reads the parent's expired join columns first (a
             # refresh, batched over the armed peers), as stock's does: read
-            # them the same way on both sides, then predict the load.
+            # them the same way on both sides, then predict the load.  (In
+            # raise mode the touch raises before reading anything.)
             for column in [c for c in attr.local if c in state.expired_attributes]:
                 # SQLAlchemy's own read (not the descriptor's): what a lazy
                 # load does, which raise mode does not stop.

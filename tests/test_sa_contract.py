@@ -223,7 +223,8 @@ def test_lazy_load_options_reach_listeners(session: Session) -> None:
     event.listen(session, "do_orm_execute", listener)
     try:
         path = state.mapper._path_registry
-        stmt = _compat.as_lazy_load(select(Owner), path[state.mapper.attrs["pets"]], for_columns=False)
+        pets = path[state.mapper.attrs["pets"]]
+        stmt = _compat.as_lazy_load(select(Owner), pets, for_columns=False)
         options = _compat.lazy_load_execution_options(
             loaded_from=state, identity_token=None, autoflush=False
         )
