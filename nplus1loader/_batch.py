@@ -483,28 +483,33 @@ class _Shape:
     unique: bool
 
 
-_shapes: weakref.WeakKeyDictionary[Mapper[Any], dict[tuple[str, bool], _Shape]] = (
+_per_property: weakref.WeakKeyDictionary[Mapper[Any], dict[tuple[str, str], Any]] = (
     weakref.WeakKeyDictionary()
 )
 
 
+def per_property(prop: Any, fact: str, compute: Callable[[], Any]) -> Any:
+    """``compute()`` once per mapped property and ``fact``: what depends on
+    the mapping alone (statement shapes, join columns), kept as long as the
+    mapper lives."""
+    facts = _per_property.setdefault(prop.parent, {})
+    key = (prop.key, fact)
+    if key not in facts:
+        facts[key] = compute()
+    return facts[key]
+
+
 def _statement_shape(prop: RelationshipProperty[Any], by_join: bool = False) -> _Shape:
-    """The batch SELECT of ``prop`` before options (built once per
-    relationship: it depends on the mapping alone)."""
-    cached = _shapes.setdefault(prop.parent, {})
-    key = (prop.key, by_join)
-    found = cached.get(key)
-    if found is None:
+    """The batch SELECT of ``prop`` before options."""
+
+    def build() -> _Shape:
         remote = None if by_join else _omit_join_columns(prop)
         if remote is not None:
-            found = _select_by_foreign_key(prop, remote)
-        else:
-            found = _select_through_parent(prop)
-        cached[key] = found
-    return found
+            return _select_by_foreign_key(prop, remote)
+        return _select_through_parent(prop)
 
+    return per_property(prop, "join shape" if by_join else "shape", build)  # type: ignore[no-any-return]
 
-_batchable: weakref.WeakKeyDictionary[Mapper[Any], dict[str, bool]] = weakref.WeakKeyDictionary()
 
 _SUBQUERIES = frozenset({"select", "scalar_select", "subquery", "lateral", "exists"})
 
@@ -512,22 +517,24 @@ _SUBQUERIES = frozenset({"select", "scalar_select", "subquery", "lateral", "exis
 def relationship_batchable(prop: RelationshipProperty[Any]) -> bool:
     """Whether a batch can load ``prop`` for many parents at once.  A join
     condition holding a subquery correlated to the parent (the latest row
-    of each parent, say) cannot take the parent's columns from an alias:
-    such relationships load one instance at a time, as stock does."""
-    per_mapper = _batchable.setdefault(prop.parent, {})
-    found = per_mapper.get(prop.key)
-    if found is None:
+    of each parent, say) cannot take the parent's columns from an alias, nor
+    can a target mapped over a selectable of its own (SQLAlchemy 2.0's
+    ``non_primary`` mappers): such relationships load one instance at a
+    time, as stock does."""
+
+    def decide() -> bool:
+        if getattr(prop.mapper, "non_primary", False):
+            return False
         many_to_one = prop.direction is RelationshipDirection.MANYTOONE
         if many_to_one and _compat.lazy_strategy(prop).use_get:
-            found = True
-        else:
-            criterion, _ = _compat.lazy_clause(prop)
-            found = not any(
-                getattr(element, "__visit_name__", None) in _SUBQUERIES
-                for element in visitors.iterate(criterion)
-            )
-        per_mapper[prop.key] = found
-    return found
+            return True
+        criterion, _ = _compat.lazy_clause(prop)
+        return not any(
+            getattr(element, "__visit_name__", None) in _SUBQUERIES
+            for element in visitors.iterate(criterion)
+        )
+
+    return per_property(prop, "batchable", decide)  # type: ignore[no-any-return]
 
 
 def _omit_join_columns(prop: RelationshipProperty[Any]) -> list[Any] | None:

@@ -12,7 +12,6 @@ and profiles hold no reference to any instance: dropping an object frees it.
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 from sqlalchemy.orm import LoaderCallableStatus, PassiveFlag
@@ -20,7 +19,13 @@ from sqlalchemy.orm.state import InstanceState
 
 from . import _compat
 from ._arming import profile_verdicts
-from ._batch import checked_chunk_size, lacks, load_states, relationship_batchable
+from ._batch import (
+    checked_chunk_size,
+    lacks,
+    load_states,
+    per_property,
+    relationship_batchable,
+)
 from ._logging import find_call_site, log_batch
 from ._modes import LOAD, RAISE, WARN, effective_mode, warn_at_call_site
 from ._stats import record_batch
@@ -177,12 +182,8 @@ class ArmedLoader:
     def _stock(self, state: InstanceState[Any], passive: PassiveFlag) -> Any:
         """SQLAlchemy's own load of this one instance; with ``nested``, what
         it brings in is armed in turn (the same statement, one more option)."""
-        if self.nested and not self.is_column:
-            stock = _compat.get_strategy(self.prop, (("lazy", "select"),))
-            return _compat.load_for_state(
-                stock, state, passive, extra_options=_nested_options(self)
-            )
-        return StockLoader(self.key, self.is_column)(state, passive)
+        nested = _nested_options(self) if self.nested and not self.is_column else ()
+        return StockLoader(self.key, self.is_column)(state, passive, extra_options=nested)
 
     def _raise(self, state: InstanceState[Any], passive: PassiveFlag) -> Any:
         if self.is_column:
@@ -219,13 +220,17 @@ class StockLoader:
     def __reduce__(self) -> tuple[Any, ...]:
         return (StockLoader, (self.key, self.is_column))
 
-    def __call__(self, state: InstanceState[Any], passive: PassiveFlag) -> Any:
+    def __call__(
+        self, state: InstanceState[Any], passive: PassiveFlag, extra_options: Any = ()
+    ) -> Any:
+        """``extra_options``: added to a relationship's statement (the
+        option that arms what it brings in)."""
         prop = state.manager.mapper.attrs[self.key]
         if self.is_column:
             stock = _compat.get_strategy(prop, (("deferred", True), ("instrument", True)))
         else:
             stock = _compat.get_strategy(prop, (("lazy", "select"),))
-        return _compat.load_for_state(stock, state, passive)
+        return _compat.load_for_state(stock, state, passive, extra_options=extra_options)
 
 
 def armed_peers(
@@ -337,18 +342,12 @@ def _path_key(path: Any) -> tuple[Any, ...]:
     return tuple(getattr(step, "base_mapper", step) for step in path.path)
 
 
-_join_keys: weakref.WeakKeyDictionary[Any, dict[str, tuple[str, ...]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def relationship_join_keys(prop: Any) -> tuple[str, ...]:
     """The parent attributes whose values stock's lazy clause of ``prop``
     binds (the primary key of a one-to-many, the foreign key of a
     many-to-one), computed once per relationship."""
-    per_mapper = _join_keys.setdefault(prop.parent, {})
-    found = per_mapper.get(prop.key)
-    if found is None:
+
+    def compute() -> tuple[str, ...]:
         _, bind_to_col = _compat.lazy_clause(prop)
         keys: list[str] = []
         for column in bind_to_col.values():
@@ -358,8 +357,9 @@ def relationship_join_keys(prop: Any) -> tuple[str, ...]:
                 continue
             if name not in keys:
                 keys.append(name)
-        found = per_mapper[prop.key] = tuple(keys)
-    return found
+        return tuple(keys)
+
+    return per_property(prop, "join keys", compute)  # type: ignore[no-any-return]
 
 
 def prop_is_collection(prop: Any) -> bool:
