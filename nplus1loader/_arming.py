@@ -131,14 +131,16 @@ def profile_for(
         # read, not by a row populator, which would cost them a partial
         # population and a ``refresh`` event stock does not fire.  A batch
         # (like SQLAlchemy's own lazy loads) does not reach them: they stay
-        # armed as they were, as SQLAlchemy keeps their load options.
-        _compat.register_post_load(
-            context,
-            _compat.load_path_for(context, path),
-            mapper,
-            ("nplus1loader", id(found)),
-            arm_existing,
-        )
+        # armed as they were, as SQLAlchemy keeps their load options.  An
+        # empty session holds none: then the rows pay nothing for it.
+        if len(context.session.identity_map):
+            _compat.register_post_load(
+                context,
+                _compat.load_path_for(context, path),
+                mapper,
+                ("nplus1loader", id(found)),
+                arm_existing,
+            )
     return found
 
 
@@ -161,7 +163,7 @@ def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any
     # this execution creates (and on those it fully reloads).
     stamped = _compat.propagated_options(context)
     owner = _owner(stamped) if _compat.rows_reach_one_path(context) else None
-    stamp_key = (_compat.stamped_natural_path(context, path), mapper)
+    stamp_key = (_compat.stamped_key(context, path), mapper)
     # Whether the stamp finds this very profile: decided at the first row,
     # when every strategy of the query has added its loaders.
     shared: list[bool] = []
@@ -251,7 +253,7 @@ def profile_of(state: InstanceState[Any]) -> Profile | None:
     profiles = owner.__dict__.get("nplus1_profiles")
     if profiles is None:
         return None
-    return profiles.get((_compat.natural_path(state.load_path), state.mapper))  # type: ignore[no-any-return]
+    return profiles.get((_compat.stamp_key(state.load_path), state.mapper))  # type: ignore[no-any-return]
 
 
 def profile_verdicts(

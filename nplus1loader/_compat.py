@@ -123,13 +123,21 @@ def rows_reach_one_path(context: Any) -> bool:
     )
 
 
-def stamped_natural_path(context: Any, path: Any) -> tuple[Any, ...]:
-    """The natural path SQLAlchemy stamps as ``state.load_path`` on the
-    instances this path of this query execution creates (as
+def stamp_key(path: Any) -> tuple[Any, ...]:
+    """A load path as the key of the profile its instances find: its
+    natural path with each mapper taken as its hierarchy's base, so that a
+    refresh of a subclass's own columns, which re-stamps the instance with
+    the subclass's path (``Cat`` where the query said ``Animal``), leaves it
+    finding the same profile."""
+    return tuple(getattr(step, "base_mapper", step) for step in path.natural_path)
+
+
+def stamped_key(context: Any, path: Any) -> tuple[Any, ...]:
+    """:func:`stamp_key` of the path SQLAlchemy stamps as ``state.load_path``
+    on the instances this path of this query execution creates (as
     ``loading._instance_processor`` computes it: a lazy load or refresh
     prefixes the path it started from)."""
-    current = context.compile_state.current_path
-    return natural_path(current + path if current.path else path)
+    return stamp_key(load_path_for(context, path))
 
 
 def get_strategy(prop: Any, key: tuple[Any, ...]) -> Any:
@@ -479,3 +487,13 @@ def is_refresh(compile_state: Any) -> bool:
     """Whether the statement refreshes columns of existing instances (a
     deferred or expired column load, ``Session.refresh``)."""
     return bool(compile_state.compile_options._for_refresh_state)
+
+
+def has_orm_execute_listeners(session: Any) -> bool:
+    """Whether any ``do_orm_execute`` listener would see a statement the
+    session runs (on the session, its class or a base class)."""
+    return bool(session.dispatch.do_orm_execute)
+
+
+def is_loader_criteria(option: Any) -> bool:
+    return isinstance(option, LoaderCriteriaOption)

@@ -101,7 +101,7 @@ def test_skips_instances_that_already_have_the_value(
 
     with QueryCounter(engine) as q:
         assert bulk(session, users, key, chunk_size=4) == 1  # 4 instances left: one chunk
-    assert q.count == 1
+    assert q.count == 1, q.statements
 
     with QueryCounter(engine) as q:
         assert bulk(session, users, key) == 0  # nothing left to load
