@@ -37,9 +37,10 @@ Checked at every step:
 Touches and deletes (whose cascade loads collections) autoflush in both
 sessions, as they would: a batch flushes once before its first statement,
 where stock's lazy load would (a touch with pending changes flushes them as
-a step of its own first, so the model sees the flushed state).  A documented difference is mirrored in the
-oracle rather than checked: a deleted instance is never touched, since what it holds depends on when it was
-loaded (a batch may load it as a peer before the delete is flushed, stock
+a step of its own first, so the model sees the flushed state).  A
+documented difference is mirrored in the oracle rather than checked: a
+deleted instance is never touched, since what it holds depends on when it
+was loaded (a batch may load it as a peer before the delete is flushed, stock
 lazy loading never does).
 
 The arming model (:class:`ArmModel`) is the specification of which instance
