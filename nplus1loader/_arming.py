@@ -40,6 +40,7 @@ from sqlalchemy.orm import ColumnProperty, Mapper
 from sqlalchemy.orm.state import InstanceState
 
 from . import _compat
+from ._registry import Candidates, note, registry_of
 
 
 class Profile:
@@ -111,6 +112,7 @@ def profile_for(
     found: Profile | None = context.attributes.get(key)
     if found is None:
         found = context.attributes[key] = Profile(chunk_size)
+        ensure_reenlist_on_expire(mapper)
     registered = ("nplus1loader.populator", id(populators), id(found))
     if registered not in context.attributes:
         context.attributes[registered] = True
@@ -170,6 +172,23 @@ def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any
     # For instances already in the session: whether what their stamp finds
     # arms them exactly as this profile would.
     stamped_alike = profile_verdicts(lambda other: _arm_alike(other, profile))
+    registry = registry_of(context.session)
+    # The candidate buckets each armed instance joins for what it lacks:
+    # built at the first row, with the loaders complete.
+    buckets: list[tuple[str, Candidates]] = []
+    started: list[bool] = []
+
+    def enlist(state: InstanceState[Any], dict_: Any) -> None:
+        if not started:
+            started.append(True)
+            buckets.extend(
+                (key, registry.lacking_bucket(loader.prop)) for key, loader in loaders.items()
+            )
+        for key, bucket in buckets:
+            if key not in dict_:
+                bucket.add(state)
+        if profile.refresh_mode is not None and state.expired_attributes:
+            registry.expired_bucket(state.mapper).add(state)
 
     def share() -> bool:
         if owner is None:
@@ -190,6 +209,7 @@ def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any
                     delattr(state, profile_key)
                 if hooks:
                     _install_hooks(state, dict_, hooks)
+                enlist(state, dict_)
                 return
         elif (
             getattr(state, profile_key, None) is None
@@ -200,6 +220,7 @@ def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any
             # (another chunk of the same batch load, say): nothing changes.
             if hooks:
                 _install_hooks(state, dict_, hooks)
+            enlist(state, dict_)
             return
         elif profile.refresh_mode is None and all(key in dict_ for key in loaders):
             # No anchor (raiseload_rel()) and nothing left unloaded here:
@@ -215,6 +236,7 @@ def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any
             for key, loader in previous.class_level.items():
                 if key not in dict_ and key not in loaders and key not in state.callables:
                     _compat.install_callable(state, key, loader)
+                    registry.lacking_bucket(loader.prop).add(state)
         callables = state.callables
         if callables:
             # An earlier query left hooks of its own on attributes this one
@@ -224,6 +246,7 @@ def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any
                     del callables[key]
         if hooks:
             _install_hooks(state, dict_, hooks)
+        enlist(state, dict_)
 
     return arm
 
@@ -369,3 +392,24 @@ def _on_pickle(state: InstanceState[Any], state_dict: dict[str, Any]) -> None:
         added = True
     if added:
         state_dict["callables"] = callables
+
+
+_reenlisting: weakref.WeakSet[Mapper[Any]] = weakref.WeakSet()
+
+
+def ensure_reenlist_on_expire(mapper: Mapper[Any]) -> None:
+    """An expire (commit, rollback, ``session.expire()``) takes attributes
+    away from armed instances: they become candidates again for what their
+    profile arms (see ``_registry``)."""
+    if mapper not in _reenlisting:
+        _reenlisting.add(mapper)
+        event.listen(mapper, "expire", _reenlist, raw=True)
+
+
+def _reenlist(state: InstanceState[Any], keys: Any) -> None:
+    session = state.session
+    if session is None:
+        return
+    profile = profile_of(state)
+    if profile is not None:
+        note(registry_of(session), state, profile, keys)

@@ -202,12 +202,6 @@ def result_tuples(result: Any) -> Any:
 
 
 
-def all_states(session: Any) -> list[InstanceState[Any]]:
-    """Every state in the session's identity map (a list: safe to iterate
-    while the map changes)."""
-    return list(session.identity_map.all_states())
-
-
 def state_callables(state: InstanceState[Any]) -> dict[str, Any]:
     return state.callables
 

@@ -35,6 +35,7 @@ from ._keys import DEFAULT_CHUNK_SIZE
 from ._logging import find_call_site, log_batch
 from ._modes import RAISE, WARN, effective_mode, warn_at_call_site
 from ._peers import same_load
+from ._registry import drop_loaded, registry_of
 from ._stats import record_batch
 from .exc import LazyLoadingAttributeError
 
@@ -118,6 +119,7 @@ class BatchRefresh:
             profile.chunk_size,
             autoflush=not passive & PassiveFlag.NO_AUTOFLUSH,
         )
+        drop_loaded(registry_of(session).expired_bucket(mapper), peers)
         touched = _compat.refresh_trigger(state)[0] or columns[0]
         record_batch(session, len(peers), queries)
         log_batch(model, touched, len(peers), site)
@@ -186,7 +188,8 @@ def expired_peers(
     session: Any, trigger: InstanceState[Any], toload: set[str]
 ) -> list[InstanceState[Any]]:
     """The trigger, then every persistent instance of the same mapper that
-    is armed for load and has exactly the same attributes to refresh.
+    is armed for load and has exactly the same attributes to refresh,
+    searched among the session's candidates (see ``_registry``).
 
     After a commit every instance has the same keys expired and none
     changed: a set comparison settles those, the full computation is for
@@ -204,12 +207,10 @@ def expired_peers(
         and effective_mode(profile.refresh_mode) != RAISE
     )
     peers = [trigger]
-    for state in _compat.all_states(session):
+    for state in registry_of(session).expired_bucket(mapper).live():
+        if state is trigger or not refreshes(state):
+            continue
         expired = state.expired_attributes
-        if not expired or state is trigger:
-            continue
-        if not refreshes(state) or state.manager.mapper is not mapper or _compat.is_deleted(state):
-            continue
         if state.identity_token != token or not loads_alike(state):
             continue
         unchanged_alike = shortcut and expired == trigger_expired and not state.committed_state

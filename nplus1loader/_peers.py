@@ -28,6 +28,7 @@ from ._batch import (
 )
 from ._logging import find_call_site, log_batch
 from ._modes import LOAD, RAISE, WARN, effective_mode, warn_at_call_site
+from ._registry import drop_loaded, registry_of
 from ._stats import record_batch
 from .exc import LazyLoadingAttributeError
 
@@ -149,6 +150,7 @@ class ArmedLoader:
         )
         # Reported once the batch has run: a batch that failed (a lost
         # connection, MissingGreenlet under asyncio) loaded nothing.
+        drop_loaded(registry_of(session).lacking_bucket(self.prop), peers)
         record_batch(session, len(peers), batch.statements, batch.stock)
         log_batch(model, self.key, len(peers), site)
         if mode == WARN:
@@ -242,12 +244,12 @@ def armed_peers(
     identity token (shard), load path and load options (stock replays each
     instance's own), and the join values it reads unchanged in memory.
 
-    One pass over the identity map.  An instance's loader for the attribute
-    is its per-instance hook if it has one, else its profile's class-level
-    entry (SQLAlchemy's own precedence); the verdict on each distinct hook,
-    profile and set of load options is cached, as the instances one query
-    armed share them.  Identity-map states are persistent in this session
-    and not deleted (a flushed delete leaves the map).
+    The search runs over the session's candidates for the attribute (see
+    ``_registry``), not its identity map: its cost is the batch's.  An
+    instance's loader for the attribute is its per-instance hook if it has
+    one, else its profile's class-level entry (SQLAlchemy's own
+    precedence); the verdict on each distinct hook, profile and set of load
+    options is cached, as the instances one query armed share them.
     """
     prop = loader.prop
     if trigger.deleted or not lacks(trigger, prop):
@@ -281,24 +283,23 @@ def armed_peers(
     armed_by_profile = profile_verdicts(profile_batches)
     loads_alike = same_load(trigger)
     peers = [trigger]
-    for state in _compat.all_states(session):
+    for state in registry_of(session).lacking_bucket(prop).live():
+        if state is trigger:
+            continue
         callables = state.callables
         hook = callables.get(key) if callables else None
         if not (armed_by_profile(state) if hook is None else batches(hook)):
-            continue
-        if state is trigger:
-            continue
-        dict_ = state.dict
-        if key in dict_:
             continue
         committed = state.committed_state
         if committed and (
             (changed_blocks and key in committed) or any(k in committed for k in join_keys)
         ):
             continue
-        if join_keys and not all(k in dict_ for k in join_keys):
-            # Expired or deferred: stock would read (refresh) it first.
-            continue
+        if join_keys:
+            dict_ = state.dict
+            if not all(k in dict_ for k in join_keys):
+                # Expired or deferred: stock would read (refresh) it first.
+                continue
         if state.identity_token != token or not loads_alike(state):
             continue
         peers.append(state)
