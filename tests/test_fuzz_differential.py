@@ -43,6 +43,11 @@ deleted instance is never touched, since what it holds depends on when it
 was loaded (a batch may load it as a peer before the delete is flushed, stock
 lazy loading never does).
 
+The same programs run again in a ``ShardedSession`` over two SQLite shards
+per side (``test_sharded_session_agrees_with_stock``), each holding the whole
+graph under the same primary keys with different texts: instances are then
+named with their shard's identity token, and a batch's peers must share it.
+
 The arming model (:class:`ArmModel`) is the specification of which instance
 raises or batches for which attribute.  Cases the fuzzer found are replayed
 as regular tests (``FOUND`` and the tests after it).
@@ -67,6 +72,7 @@ from hypothesis import event as hypothesis_event
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 from sqlalchemy import Engine, delete, event, insert, inspect, select, update
+from sqlalchemy.ext.horizontal_shard import ShardedSession
 from sqlalchemy.orm import (
     ColumnProperty,
     RelationshipDirection,
@@ -208,7 +214,9 @@ class Opt(NamedTuple):
 NESTED = Opt("nplus1loader")
 """What a batch load arms its targets with (``nested=True``)."""
 
-Ident = tuple[str, tuple[Any, ...]]
+Ident = tuple[Any, ...]
+"""An instance as both sessions know it: (class, primary key), and its
+shard's identity token last in a sharded session."""
 Ref = tuple[str, int]
 """An instance as a program names it: a class ("" for any) and an index
 into the instances of that class (subclasses included) the program holds."""
@@ -553,8 +561,12 @@ def ident_of(obj: Any) -> Ident:
     state = inspect(obj)
     cls = type(obj).__name__
     if state.key is not None:
-        return (cls, tuple(state.key[1]))
-    return (cls, tuple(state.dict.get(k) for k in pk_keys(cls)))
+        ident: Ident = (cls, tuple(state.key[1]))
+        token = state.identity_token
+    else:
+        ident = (cls, tuple(state.dict.get(k) for k in pk_keys(cls)))
+        token = new_shard(obj) if isinstance(state.session, ShardedSession) else None
+    return ident if token is None else (*ident, token)
 
 
 def loaded(state: InstanceState[Any]) -> frozenset[str]:
@@ -611,12 +623,16 @@ class Outcome(NamedTuple):
     selects: int
 
 
+Bind = Engine | dict[str, Engine]
+"""A side's database: one engine, or shards by name (a ``ShardedSession``)."""
+
+
 class Side:
     """One session and the objects the program has seen in it."""
 
-    def __init__(self, zoo: Zoo, engine: Engine) -> None:
+    def __init__(self, zoo: Zoo, bind: Bind) -> None:
         self.zoo = zoo
-        self.session = Session(engine)
+        self.session = sharded(bind) if isinstance(bind, dict) else Session(bind)
         self.handles: dict[Ident, Any] = {}
 
     def remember(self) -> None:
@@ -637,8 +653,10 @@ class Divergence(AssertionError):
 class Runner:
     """Runs one program in N and O in lock-step and checks every step."""
 
-    def __init__(self, engines: tuple[Engine, Engine], program: Program) -> None:
-        self.engines = engines
+    def __init__(self, engines: tuple[Bind, Bind], program: Program) -> None:
+        self.engines = {
+            e for bind in engines for e in (bind.values() if isinstance(bind, dict) else [bind])
+        }
         self.program = program
         self.n = Side(NPLUS1_ZOO, engines[0])
         self.o = Side(ORACLE_ZOO, engines[1])
@@ -674,7 +692,7 @@ class Runner:
 
     def run(self) -> None:
         note_event(f"ops: {len(self.program.ops) // 10 * 10}+")
-        for engine in set(self.engines):
+        for engine in self.engines:
             event.listen(engine, "before_cursor_execute", self._record)
         base = NPLUS1_ZOO.base
         event.listen(base, "expire", self._on_expire, propagate=True, raw=True)
@@ -694,7 +712,7 @@ class Runner:
             event.remove(base, "expire", self._on_expire)
             event.remove(base, "refresh", self._on_refresh)
             event.remove(base, "load", self._on_load)
-            for engine in set(self.engines):
+            for engine in self.engines:
                 event.remove(engine, "before_cursor_execute", self._record)
             self.n.session.close()
             self.o.session.close()
@@ -814,6 +832,8 @@ class Runner:
             # The same attribute: Tag.posts is no peer of Author.posts.
             if state is trigger or state.mapper.attrs.get(key) is not prop:
                 continue
+            if state.identity_token != trigger.identity_token:
+                continue  # another shard: its own batch, on its own database
             hook = self.model.hook(state, key)
             if (
                 hook is not None
@@ -848,6 +868,8 @@ class Runner:
         peers = [trigger]
         for state in self.n.session.identity_map.all_states():
             if state is trigger or state.mapper is not trigger.mapper:
+                continue
+            if state.identity_token != trigger.identity_token:
                 continue
             arm = self.model.arms.get(state)
             profile = arm.profile if arm else None
@@ -1117,7 +1139,7 @@ class Runner:
                 fields.update(name=f"cat {pk}", lives=9, owner=link)
             obj = side.zoo[cls](**fields)
             side.session.add(obj)
-            side.handles[(cls, (pk,))] = obj
+            side.handles[ident_of(obj)] = obj
 
         self.both(add, "assign")
 
@@ -1227,29 +1249,107 @@ def engines_for(engine: Engine) -> tuple[Engine, Engine]:
 @pytest.fixture(scope="module", autouse=True)
 def _dispose_oracle_engines() -> Iterator[None]:
     yield
-    for engine in _oracle_engines.values():
+    for engine in [*_oracle_engines.values(), *_shard_engines.values()]:
         engine.dispose()
     _oracle_engines.clear()
+    _shard_engines.clear()
 
 
-def load_graph(engines: tuple[Engine, Engine], graph: Graph) -> None:
-    """Both copies of the zoo hold exactly ``graph`` (and nothing else)."""
-    for engine, zoo in zip(engines, (NPLUS1_ZOO, ORACLE_ZOO), strict=True):
-        url = engine.url.render_as_string(hide_password=False)
-        if (url, zoo.prefix) not in _ready:
-            setup_schema(engine, zoo.metadata)
-            _ready.add((url, zoo.prefix))
-        with engine.begin() as conn:
-            conn.execute(update(zoo.table("author")).values(mentor_id=None))
-            for name in DELETE_ORDER:
-                conn.execute(delete(zoo.table(name)))
-            for name in INSERT_ORDER:
-                if graph.rows[name]:
-                    conn.execute(insert(zoo.table(name)), graph.rows[name])
+def load_graph(engines: tuple[Bind, Bind], graph: Graph) -> None:
+    """Both copies of the zoo hold exactly ``graph`` (and nothing else); in
+    shards, each shard holds it, its texts marked with the shard's name
+    (the same primary keys, different values)."""
+    for bind, zoo in zip(engines, (NPLUS1_ZOO, ORACLE_ZOO), strict=True):
+        shards = bind.items() if isinstance(bind, dict) else [(None, bind)]
+        for shard, engine in shards:
+            rows = graph.rows if shard is None else _marked(graph.rows, shard)
+            url = engine.url.render_as_string(hide_password=False)
+            if (url, zoo.prefix) not in _ready:
+                setup_schema(engine, zoo.metadata)
+                _ready.add((url, zoo.prefix))
+            with engine.begin() as conn:
+                conn.execute(update(zoo.table("author")).values(mentor_id=None))
+                for name in DELETE_ORDER:
+                    conn.execute(delete(zoo.table(name)))
+                for name in INSERT_ORDER:
+                    if rows[name]:
+                        conn.execute(insert(zoo.table(name)), rows[name])
 
 
-def run_program(engine: Engine, program: Program) -> None:
-    engines = engines_for(engine)
+_KEY_TEXTS = frozenset({"kind", "lang", "note_lang"})
+"""Text columns that identify or join rows: the same on every shard."""
+
+
+def _marked(rows: dict[str, list[dict[str, Any]]], shard: str) -> dict[str, list[dict[str, Any]]]:
+    return {
+        name: [
+            {
+                k: f"{v}@{shard}" if isinstance(v, str) and k not in _KEY_TEXTS else v
+                for k, v in row.items()
+            }
+            for row in table
+        ]
+        for name, table in rows.items()
+    }
+
+
+# ------------------------------------------------------------- sharding
+
+SHARDS = ("east", "west")
+
+
+def new_shard(obj: Any) -> str:
+    """Where a new instance goes: by its primary key's parity."""
+    return SHARDS[(inspect(obj).dict.get("id") or 0) % 2]
+
+
+def _shard_chooser(mapper: Any, instance: Any, clause: Any = None) -> str:
+    return new_shard(instance)
+
+
+def _identity_chooser(mapper: Any, primary_key: Any, *, lazy_loaded_from: Any, **kw: Any) -> Any:
+    if lazy_loaded_from is not None:
+        return [lazy_loaded_from.identity_token]
+    return list(SHARDS)
+
+
+def _execute_chooser(context: Any) -> Any:
+    if context.lazy_loaded_from is not None:
+        return [context.lazy_loaded_from.identity_token]
+    return list(SHARDS)
+
+
+def sharded(shards: dict[str, Engine]) -> ShardedSession:
+    """SQLAlchemy's horizontal sharding as its docs set it up: lazy loads go
+    to the shard of the instance they load from, queries to every shard."""
+    return ShardedSession(
+        shards=shards,
+        shard_chooser=_shard_chooser,
+        identity_chooser=_identity_chooser,
+        execute_chooser=_execute_chooser,
+    )
+
+
+_shard_engines: dict[str, Engine] = {}
+
+
+def shards_for(engine: Engine) -> tuple[Bind, Bind]:
+    """Two SQLite shards for N and two for O, next to the test database."""
+    path = Path(engine.url.database or "")
+    binds: list[dict[str, Engine]] = []
+    for side in ("n", "o"):
+        shards: dict[str, Engine] = {}
+        for shard in SHARDS:
+            url = str(engine.url.set(database=str(path.with_name(f"fuzz-{side}-{shard}.db"))))
+            if url not in _shard_engines:
+                _shard_engines[url] = make_engine(url)
+            shards[shard] = _shard_engines[url]
+        binds.append(shards)
+    return binds[0], binds[1]
+
+
+def run_program(engine: Engine, program: Program, *, sharding: bool = False) -> None:
+    engines = shards_for(engine) if sharding else engines_for(engine)
     load_graph(engines, program.graph)
     Runner(engines, program).run()
 
@@ -1265,6 +1365,20 @@ def run_program(engine: Engine, program: Program) -> None:
 @given(program=programs())
 def test_nplus1_session_agrees_with_stock(engine: Engine, program: Program) -> None:
     run_program(engine, program)
+
+
+@pytest.mark.sqlite
+@pytest.mark.filterwarnings("ignore::sqlalchemy.exc.SAWarning")
+@settings(
+    max_examples=_examples(),
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(program=programs())
+def test_sharded_session_agrees_with_stock(engine: Engine, program: Program) -> None:
+    """The same programs in a ``ShardedSession`` over two SQLite shards per
+    side that hold the same primary keys with different values: batches
+    must group peers by shard and go to each one's own database."""
+    run_program(engine, program, sharding=True)
 
 
 # ============================================================ cases found

@@ -1,0 +1,145 @@
+"""A batch looks at its candidates, not at the session (issue 16).
+
+The peers of a batch are searched among the session's candidates for the
+touched attribute: instances armed for it that may still lack it.  These
+tests count what a search examines (every state handed to a scan, loaded
+or not) and hold it to what could be in the batch, whatever else the
+session holds, while the batches load exactly what stock lazy loading
+loads, in the same number of queries as before.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from nplus1loader import nplus1loader
+from nplus1loader._registry import Candidates, registry_of
+from tests.core_models import Article, Comment, Group, User, seed
+
+USERS = 60
+
+
+@pytest.fixture
+def session(engine: Engine) -> Iterator[Session]:
+    seed(engine, users=USERS)
+    with Session(engine) as session:
+        yield session
+
+
+@pytest.fixture
+def examined(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many states each scan of a bucket examined."""
+    sizes: list[int] = []
+    live = Candidates.live
+
+    def counting(self: Candidates) -> list[Any]:
+        sizes.append(len(self))
+        return live(self)
+
+    monkeypatch.setattr(Candidates, "live", counting)
+    return sizes
+
+
+def stock_titles(engine: Engine, lo: int, hi: int) -> dict[int, list[str]]:
+    """What stock lazy loading gives for users lo..hi, in a fresh session."""
+    with Session(engine) as fresh:
+        users = fresh.scalars(select(User).where(User.id.between(lo, hi))).all()
+        return {u.id: [a.title for a in u.articles] for u in users}
+
+
+def page(session: Session, lo: int, hi: int) -> list[User]:
+    stmt = select(User).where(User.id.between(lo, hi)).order_by(User.id)
+    return list(session.scalars(stmt.options(nplus1loader())).all())
+
+
+def test_unrelated_armed_rows_are_not_examined(
+    session: Session, engine: Engine, count_queries: Any, examined: list[int]
+) -> None:
+    # The session first takes in plenty of armed rows of other mappers...
+    session.scalars(select(Article).options(nplus1loader())).all()
+    session.scalars(select(Comment).options(nplus1loader())).all()
+    session.scalars(select(Group).options(nplus1loader())).all()
+    held = len(session.identity_map)
+    users = page(session, 1, 10)
+    assert len(session.identity_map) == held + 10
+    with count_queries() as queries:
+        titles = {u.id: [a.title for a in u.articles] for u in users}
+    # ...but the batch of User.articles examines its 10 candidates only.
+    assert examined == [10]
+    assert queries.count == 1
+    assert titles == stock_titles(engine, 1, 10)
+
+
+def test_paging_in_one_session_examines_each_page_once(
+    session: Session, engine: Engine, count_queries: Any, examined: list[int]
+) -> None:
+    seen: dict[int, list[str]] = {}
+    kept: list[User] = []  # a worker that accumulates what it processed
+    with count_queries() as queries:
+        for lo in range(1, USERS + 1, 10):
+            users = page(session, lo, lo + 9)
+            seen.update({u.id: [a.title for a in u.articles] for u in users})
+            kept.extend(users)
+    # Six pages, each one query and one batch, each batch examining its own
+    # page: the pages already processed, loaded now, are never looked at again.
+    assert queries.count == 6 + 6
+    assert examined == [10] * 6
+    assert len(session.identity_map) >= USERS
+    assert seen == stock_titles(engine, 1, USERS)
+
+
+def test_a_commit_makes_every_armed_instance_a_candidate_again(
+    session: Session, engine: Engine, count_queries: Any
+) -> None:
+    users = page(session, 1, 30)
+    assert [len(u.articles) for u in users] == [len(t) for t in stock_titles(engine, 1, 30).values()]
+    session.commit()
+    with count_queries() as queries:
+        titles = {u.id: [a.title for a in u.articles] for u in users}
+    # One refresh of the expired users' columns, one batch of articles.
+    assert queries.count == 2
+    assert titles == stock_titles(engine, 1, 30)
+
+
+def test_expiring_one_attribute_of_each_instance_still_batches(
+    session: Session, engine: Engine, count_queries: Any
+) -> None:
+    users = page(session, 1, 30)
+    for u in users:
+        assert u.articles is not None
+    for u in users:
+        session.expire(u, ["articles"])
+    with count_queries() as queries:
+        titles = {u.id: [a.title for a in u.articles] for u in users}
+    assert queries.count == 1
+    assert titles == stock_titles(engine, 1, 30)
+
+
+def test_expunge_all_empties_the_buckets(session: Session) -> None:
+    page(session, 1, 30)
+    bucket = registry_of(session).lacking_bucket(User.articles.property)
+    assert len(bucket) == 30
+    session.expunge_all()
+    users = page(session, 31, 40)
+    bucket = registry_of(session).lacking_bucket(User.articles.property)
+    assert list(bucket) == [u._sa_instance_state for u in users]  # type: ignore[attr-defined]
+
+
+def test_buckets_hold_no_instance_the_user_dropped(session: Session) -> None:
+    """Instances never touched again go with the user's references: the
+    buckets hold states (which refer to their objects weakly), pruned when
+    they double, so they stay within twice what is alive."""
+    for lo in range(1, USERS + 1, 10):
+        page(session, lo, lo + 9)  # the pages are dropped at once, never touched
+        gc.collect()
+    assert len(session.identity_map) == 0
+    bucket = registry_of(session).lacking_bucket(User.articles.property)
+    assert all(state.obj() is None for state in bucket)
+    assert bucket.live() == []
+    assert len(bucket) == 0
