@@ -98,7 +98,8 @@ def test_a_commit_makes_every_armed_instance_a_candidate_again(
     session: Session, engine: Engine, count_queries: Any
 ) -> None:
     users = page(session, 1, 30)
-    assert [len(u.articles) for u in users] == [len(t) for t in stock_titles(engine, 1, 30).values()]
+    stock = stock_titles(engine, 1, 30)
+    assert [len(u.articles) for u in users] == [len(t) for t in stock.values()]
     session.commit()
     with count_queries() as queries:
         titles = {u.id: [a.title for a in u.articles] for u in users}
