@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
+import functools
 import logging
 import os
 import platform
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import sqlalchemy
 
-from . import report
+from . import paging, report
 from .data import populate
 from .harness import DATABASES, LABELS, Probe, Record, make_engine, measure_cell, server_version
 from .scenarios import BY_KEY, CONTENDERS, LATENCY_DEFAULT, SCENARIOS
@@ -22,11 +24,11 @@ from .scenarios import BY_KEY, CONTENDERS, LATENCY_DEFAULT, SCENARIOS
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _csv(kind: type, choices: tuple[str, ...] | None = None):  # type: ignore[no-untyped-def]
+def _csv(kind: type, choices: tuple[str, ...] | None = None, empty: bool = False):  # type: ignore[no-untyped-def]
     def parse(value: str) -> list[object]:
         items = [kind(v.strip()) for v in value.split(",") if v.strip()]
         bad = [v for v in items if choices is not None and v not in choices]
-        if bad or not items:
+        if bad or not (items or empty):
             raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {choices}")
         return items
 
@@ -92,6 +94,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "servers": {},
     }
     records: list[Record] = []
+    records_have_problems = False
     for db in args.dbs:
         engine = make_engine(db)
         try:
@@ -131,9 +134,31 @@ def cmd_run(args: argparse.Namespace) -> int:
             meta["duration_s"] = time.time() - started
             report.save(args.out / "results.json", meta, records)
         engine.dispose()
+    for db in args.paging_dbs:
+        engine = make_engine(db)
+        probe = Probe(engine)
+        t0 = time.perf_counter()
+        populate(engine, paging.PAGED_PARENTS)
+        print(f"{LABELS[db]}: paging worker, {paging.PAGED_PARENTS:,} parents", flush=True)
+        found = paging.measure(
+            engine,
+            functools.partial(getattr, probe, "count"),
+            tuple(args.paging_fillers),
+            rounds=args.paging_rounds,
+        )
+        print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
+        meta.setdefault("paging", {})[db] = {  # type: ignore[index]
+            "parents": paging.PAGED_PARENTS,
+            "records": [dataclasses.asdict(rec) for rec in found],
+        }
+        if any(rec.problems for rec in found):
+            records_have_problems = True
+        meta["duration_s"] = time.time() - started
+        report.save(args.out / "results.json", meta, records)
+        engine.dispose()
     md, png = report.write(args.out)
     print(f"wrote {md} and {png} in {(time.time() - started) / 60:.1f} minutes")
-    return 1 if any(r.problems for r in records) else 0
+    return 1 if records_have_problems or any(r.problems for r in records) else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -212,6 +237,19 @@ def main(argv: list[str] | None = None) -> int:
         help="databases on which peak memory is traced (default postgresql; it hardly "
         "depends on the database)",
     )
+    run.add_argument(
+        "--paging-dbs",
+        type=_csv(str, DATABASES, empty=True),
+        default=["sqlite"],
+        help="databases for the long-session paging scenario (default sqlite; '' skips it)",
+    )
+    run.add_argument(
+        "--paging-fillers",
+        type=_csv(int),
+        default=list(paging.FILLERS),
+        help="unrelated rows held by the paging worker's session (default 0,100000,1000000)",
+    )
+    run.add_argument("--paging-rounds", type=int, default=5, help="timed rounds per contender")
     run.set_defaults(func=cmd_run)
 
     rep = sub.add_parser("report", help="re-render report.md and chart.png from results.json")

@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from . import paging
 from .harness import DATABASES, LABELS, Record
 from .scenarios import BY_KEY, NPLUS1, OPTIMUM, STOCK
 
@@ -116,6 +117,8 @@ def render(meta: dict[str, Any], records: list[Record]) -> str:
     out += _targets(res)
     for db in res.dbs():
         out += _db_table(res, db)
+    for db, found in meta.get("paging", {}).items():
+        out += paging.render(found["records"], LABELS[db], found["parents"])
     out += _problems(records)
     return "\n".join(out) + "\n"
 

@@ -40,7 +40,7 @@ from sqlalchemy.orm import ColumnProperty, Mapper
 from sqlalchemy.orm.state import InstanceState
 
 from . import _compat
-from ._registry import Candidates, note, registry_of
+from ._registry import Marks, marks_for, registry_of
 
 
 class Profile:
@@ -55,6 +55,7 @@ class Profile:
     """
 
     __slots__ = (
+        "_marks",
         "chunk_size",
         "class_level",
         "instance_hooks",
@@ -70,12 +71,25 @@ class Profile:
         self.loaders: dict[str, Any] = {}
         self.class_level: dict[str, Any] = {}
         self.instance_hooks: dict[str, Any] = {}
+        self._marks: Marks | None = None
+
+    @property
+    def marks(self) -> Marks:
+        """What the registry needs to know of this profile (made once the
+        query's strategies have added every loader: at its first row)."""
+        if self._marks is None:
+            self._marks = marks_for(
+                frozenset(loader.prop for loader in self.loaders.values()),
+                self.refresh_mode is not None,
+            )
+        return self._marks
 
     def arm(self, mapper: Mapper[Any], loader: Any) -> bool:
         """Add ``loader``; True when a class-level hook dispatches it (the
         rows then need nothing but the profile)."""
         key = loader.key
         self.loaders[key] = loader
+        self._marks = None
         if _compat.class_level_loader(mapper, key) is not None:
             ensure_class_level_hook(mapper, key)
             self.class_level[key] = loader
@@ -173,22 +187,18 @@ def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any
     # arms them exactly as this profile would.
     stamped_alike = profile_verdicts(lambda other: _arm_alike(other, profile))
     registry = registry_of(context.session)
-    # The candidate buckets each armed instance joins for what it lacks:
-    # built at the first row, with the loaders complete.
-    buckets: list[tuple[str, Candidates]] = []
-    started: list[bool] = []
+    # What the registry logs each armed instance under: known at the first
+    # row, when the loaders are complete.  Each execution starts a run.
+    marks: list[Marks] = []
 
     def enlist(state: InstanceState[Any], dict_: Any) -> None:
-        if not started:
-            started.append(True)
-            buckets.extend(
-                (key, registry.lacking_bucket(loader.prop)) for key, loader in loaders.items()
-            )
-        for key, bucket in buckets:
-            if key not in dict_:
-                bucket.add(state)
-        if profile.refresh_mode is not None and state.expired_attributes:
-            registry.expired_bucket(state.mapper).add(state)
+        if not marks:
+            marks.append(profile.marks)
+            registry.begin(marks[0])
+        elif registry.run is not marks[0]:
+            # Another profile's rows came in between (a joined entity).
+            registry.begin(marks[0])
+        registry.log.append(state)
 
     def share() -> bool:
         if owner is None:
@@ -236,7 +246,7 @@ def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any
             for key, loader in previous.class_level.items():
                 if key not in dict_ and key not in loaders and key not in state.callables:
                     _compat.install_callable(state, key, loader)
-                    registry.lacking_bucket(loader.prop).add(state)
+                    registry.enlist(state, previous.marks)
         callables = state.callables
         if callables:
             # An earlier query left hooks of its own on attributes this one
@@ -412,4 +422,4 @@ def _reenlist(state: InstanceState[Any], keys: Any) -> None:
         return
     profile = profile_of(state)
     if profile is not None:
-        note(registry_of(session), state, profile, keys)
+        registry_of(session).enlist(state, profile.marks)

@@ -35,7 +35,7 @@ from ._keys import DEFAULT_CHUNK_SIZE
 from ._logging import find_call_site, log_batch
 from ._modes import RAISE, WARN, effective_mode, warn_at_call_site
 from ._peers import same_load
-from ._registry import drop_loaded, registry_of
+from ._registry import drop_settled, registry_of
 from ._stats import record_batch
 from .exc import LazyLoadingAttributeError
 
@@ -90,19 +90,22 @@ class BatchRefresh:
 
     def __call__(self, state: InstanceState[Any], toload: set[str], passive: PassiveFlag) -> Any:
         profile = profile_of(state)
+        if profile is None:
+            return self.original(state, toload, passive)
         session = state.session
         if (
-            profile is None
-            or profile.refresh_mode is None
+            profile.refresh_mode is None
             or session is None
             or state.key is None
             or not passive & PassiveFlag.SQL_OK
         ):
-            return self.original(state, toload, passive)
+            # Refreshed the stock way, which replays the options of the
+            # query that first loaded it: the latest arming query decides.
+            return self._refresh_alone(profile, state, toload, passive)
         mapper = state.mapper
         columns = sorted(k for k in toload if isinstance(mapper.attrs.get(k), ColumnProperty))
         if not columns:
-            return self.original(state, toload, passive)
+            return self._refresh_alone(profile, state, toload, passive)
         mode = effective_mode(profile.refresh_mode)
         model = mapper.class_.__name__
         if mode == RAISE:
@@ -119,7 +122,7 @@ class BatchRefresh:
             profile.chunk_size,
             autoflush=not passive & PassiveFlag.NO_AUTOFLUSH,
         )
-        drop_loaded(registry_of(session).expired_bucket(mapper), peers)
+        drop_settled(registry_of(session).bucket(mapper, expired=True), peers)
         touched = _compat.refresh_trigger(state)[0] or columns[0]
         record_batch(session, len(peers), queries)
         log_batch(model, touched, len(peers), site)
@@ -207,7 +210,7 @@ def expired_peers(
         and effective_mode(profile.refresh_mode) != RAISE
     )
     peers = [trigger]
-    for state in registry_of(session).expired_bucket(mapper).live():
+    for state in registry_of(session).expired_candidates(mapper):
         if state is trigger or not refreshes(state):
             continue
         expired = state.expired_attributes

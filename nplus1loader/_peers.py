@@ -28,7 +28,7 @@ from ._batch import (
 )
 from ._logging import find_call_site, log_batch
 from ._modes import LOAD, RAISE, WARN, effective_mode, warn_at_call_site
-from ._registry import drop_loaded, registry_of
+from ._registry import drop_settled, registry_of
 from ._stats import record_batch
 from .exc import LazyLoadingAttributeError
 
@@ -150,7 +150,7 @@ class ArmedLoader:
         )
         # Reported once the batch has run: a batch that failed (a lost
         # connection, MissingGreenlet under asyncio) loaded nothing.
-        drop_loaded(registry_of(session).lacking_bucket(self.prop), peers)
+        drop_settled(registry_of(session).bucket(self.prop), peers)
         record_batch(session, len(peers), batch.statements, batch.stock)
         log_batch(model, self.key, len(peers), site)
         if mode == WARN:
@@ -283,7 +283,7 @@ def armed_peers(
     armed_by_profile = profile_verdicts(profile_batches)
     loads_alike = same_load(trigger)
     peers = [trigger]
-    for state in registry_of(session).lacking_bucket(prop).live():
+    for state in registry_of(session).lacking_candidates(prop):
         if state is trigger:
             continue
         callables = state.callables

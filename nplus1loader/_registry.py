@@ -5,25 +5,28 @@ still lacks it.  Walking the whole identity map to find them would make a
 batch cost what the session holds: a worker paging through a table in one
 long session, or a request that first loads a large lookup table, would
 pay for every instance already processed on every batch, quadratically
-over a session's life.  So each session keeps, per armed attribute (the
-mapped property, as peers must share it) a :class:`Candidates` bucket of
-the instances armed for it that may still lack it, and, per mapper, one of
-the armed instances that may have expired columns to refresh.
+over a session's life.  So each session keeps a :class:`Registry`:
 
-* Arming adds an instance to the buckets of the attributes it lacks (one
-  dict insertion per armed attribute and row).
-* An ``expire`` (commit, rollback, ``session.expire()``) adds it back for
-  what it drops: the ``expire`` listener of ``_arming`` calls :func:`note`.
-* A scan (:meth:`Candidates.live`) yields the candidates in arming order
-  and drops, for good, those that no longer qualify: loaded since, their
-  object gone, no longer in this session.  Each instance is dropped once
-  per time it was added, so a scan costs the batch it finds plus what
-  loaded since the last one, never the session.
+* **A log of armed instances.**  Arming appends the instance to the log,
+  in runs that share one :class:`Marks` (what their profile arms): one
+  list append per row, whatever the query arms, so a query whose
+  attributes are never touched pays next to nothing.  An ``expire``
+  (commit, rollback, ``session.expire()``) appends the instance again:
+  the ``expire`` listener of ``_arming`` calls :meth:`Registry.enlist`.
+* **Candidate buckets**, per armed attribute (the mapped property: peers
+  must share it) and, for expired columns, per mapper.  A touch first
+  sorts into its bucket what the log gained since that bucket's last
+  touch (the instances of runs armed for it that still lack it), then
+  scans the bucket, dropping for good what no longer qualifies: loaded
+  since, its object gone, no longer in this session.
 
-The buckets hold states, not objects (an ``InstanceState`` refers to its
-object weakly), and prune themselves whenever they double in size, so
-instances that are never touched again cost bounded memory even in a
-session that lives for ever.  The registry of a session goes with it.
+So each logged instance is looked at once per attribute that is touched,
+and a scan costs the batch it finds plus what was armed or loaded since
+the last one, never the session.  The log holds states, not objects (an
+``InstanceState`` refers to its object weakly); whenever it doubles it is
+compacted, dropping instances that left the session and repeats, so memory
+stays within a small multiple of what is alive.  A new identity map
+(``expunge_all()``, ``close()``) starts a new registry.
 
 Who *is* a peer (same loader, load options, shard, unchanged join values)
 stays the business of ``_peers`` and ``_expiry``: the registry narrows the
@@ -34,15 +37,44 @@ then ``add``) joins that session's batches once a query loads it there.
 from __future__ import annotations
 
 import weakref
+from bisect import bisect_right
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.orm.state import InstanceState
 
 from . import _compat
 
-#: A bucket is pruned when it grows past twice its size after the last
-#: pruning, and never below this many entries.
-_MIN_PRUNE = 1024
+#: The log is compacted when it grows past twice its size after the last
+#: compaction, and never below this many entries.
+_MIN_COMPACT = 4096
+
+
+class Marks:
+    """What the instances of one profile are armed for: the properties
+    whose buckets they may join, and whether expired columns refresh.
+    One object per distinct value (:func:`marks_for`), so that the log
+    can compare them by identity."""
+
+    __slots__ = ("__weakref__", "props", "refresh")
+
+    def __init__(self, props: frozenset[Any], refresh: bool) -> None:
+        self.props = props
+        self.refresh = refresh
+
+
+_interned: weakref.WeakValueDictionary[tuple[frozenset[Any], bool], Marks] = (
+    weakref.WeakValueDictionary()
+)
+
+
+def marks_for(props: frozenset[Any], refresh: bool) -> Marks:
+    """The one :class:`Marks` of this value: every execution of the same
+    query, and every expire of its instances, logs under the same."""
+    found = _interned.get((props, refresh))
+    if found is None:
+        found = _interned[(props, refresh)] = Marks(props, refresh)
+    return found
 
 
 class Candidates(dict[InstanceState[Any], None]):
@@ -52,18 +84,12 @@ class Candidates(dict[InstanceState[Any], None]):
     (a state qualifies while it has expired attributes).
     """
 
-    __slots__ = ("key", "limit", "session_key")
+    __slots__ = ("key", "session_key")
 
     def __init__(self, session_key: int, key: str | None) -> None:
         super().__init__()
         self.session_key = session_key
         self.key = key
-        self.limit = _MIN_PRUNE
-
-    def add(self, state: InstanceState[Any]) -> None:
-        self[state] = None
-        if len(self) > self.limit:
-            self.live()
 
     def live(self) -> list[InstanceState[Any]]:
         """The candidates that still qualify; the others are dropped."""
@@ -72,84 +98,189 @@ class Candidates(dict[InstanceState[Any], None]):
         live: list[InstanceState[Any]] = []
         gone: list[InstanceState[Any]] = []
         for state in self:
-            if (
-                state.session_id != session_key
-                or state.key is None
-                or _compat.is_deleted(state)
-                or state.obj() is None
-                or (key in state.dict if key is not None else not state.expired_attributes)
+            if not _in_session(state, session_key) or (
+                key in state.dict if key is not None else not state.expired_attributes
             ):
                 gone.append(state)
             else:
                 live.append(state)
         for state in gone:
             del self[state]
-        self.limit = max(_MIN_PRUNE, 2 * len(self))
         return live
 
 
+def _in_session(state: InstanceState[Any], session_key: int) -> bool:
+    return (
+        state.session_id == session_key
+        and state.key is not None
+        and not _compat.is_deleted(state)
+        and state.obj() is not None
+    )
+
+
 class Registry:
-    """The candidate buckets of one session, for one identity map of it
+    """The log and candidate buckets of one identity map of a session
     (``expunge_all()`` and ``close()`` give the session a new one)."""
 
-    __slots__ = ("expired", "identity_map", "lacking", "session_key")
+    __slots__ = (
+        "cursors",
+        "expired",
+        "lacking",
+        "limit",
+        "log",
+        "run",
+        "run_marks",
+        "run_starts",
+        "session_key",
+    )
 
-    def __init__(self, session_key: int, identity_map: Any) -> None:
+    def __init__(self, session_key: int) -> None:
         self.session_key = session_key
-        self.identity_map = weakref.ref(identity_map)
+        #: Armed instances, in runs: run i starts at run_starts[i].
+        self.log: list[InstanceState[Any]] = []
+        self.run_starts: list[int] = []
+        self.run_marks: list[Marks] = []
+        #: The marks of the run being appended to.
+        self.run: Marks | None = None
+        self.limit = _MIN_COMPACT
+        #: How far into the log each bucket has been sorted.
+        self.cursors: dict[Any, int] = {}
         self.lacking: dict[Any, Candidates] = {}
         self.expired: dict[Any, Candidates] = {}
 
-    def lacking_bucket(self, prop: Any) -> Candidates:
-        """The instances armed for ``prop`` that may still lack it."""
+    def begin(self, marks: Marks) -> None:
+        """Start a run of instances armed alike; the caller appends them to
+        ``log`` while ``run is marks``."""
+        if len(self.log) > self.limit:
+            self._compact()
+        self.run_starts.append(len(self.log))
+        self.run_marks.append(marks)
+        self.run = marks
+
+    def enlist(self, state: InstanceState[Any], marks: Marks) -> None:
+        """Log ``state`` again (an expire took attributes from it)."""
+        if self.run is not marks or len(self.log) > self.limit:
+            self.begin(marks)
+        self.log.append(state)
+
+    def lacking_candidates(self, prop: Any) -> list[InstanceState[Any]]:
+        """The instances armed for ``prop`` that still lack it."""
         bucket = self.lacking.get(prop)
         if bucket is None:
             bucket = self.lacking[prop] = Candidates(self.session_key, prop.key)
-        return bucket
+        key = prop.key
+        self._sort(
+            prop,
+            bucket,
+            lambda marks: prop in marks.props,
+            lambda state: key not in state.dict,
+        )
+        return bucket.live()
 
-    def expired_bucket(self, mapper: Any) -> Candidates:
-        """The armed instances of exactly ``mapper`` that may have expired
-        columns to refresh."""
+    def expired_candidates(self, mapper: Any) -> list[InstanceState[Any]]:
+        """The armed instances of exactly ``mapper`` with expired columns
+        whose profile refreshes them."""
         bucket = self.expired.get(mapper)
         if bucket is None:
             bucket = self.expired[mapper] = Candidates(self.session_key, None)
-        return bucket
+        self._sort(
+            ("expired", mapper),
+            bucket,
+            lambda marks: marks.refresh,
+            lambda state: state.manager.mapper is mapper and bool(state.expired_attributes),
+        )
+        return bucket.live()
+
+    def bucket(self, prop_or_mapper: Any, *, expired: bool = False) -> Candidates | None:
+        return (self.expired if expired else self.lacking).get(prop_or_mapper)
+
+    def _sort(
+        self,
+        cursor_key: Any,
+        bucket: Candidates,
+        wants: Callable[[Marks], bool],
+        qualifies: Callable[[InstanceState[Any]], bool],
+    ) -> None:
+        log = self.log
+        start = self.cursors.get(cursor_key, 0)
+        end = len(log)
+        if start >= end:
+            return
+        starts = self.run_starts
+        run = max(bisect_right(starts, start) - 1, 0)
+        while run < len(starts):
+            run_start = starts[run]
+            run_end = starts[run + 1] if run + 1 < len(starts) else end
+            if wants(self.run_marks[run]):
+                for state in log[max(start, run_start) : run_end]:
+                    if qualifies(state):
+                        bucket[state] = None
+            run += 1
+        self.cursors[cursor_key] = end
+
+    def _compact(self) -> None:
+        """Drop from the log what left the session and what a later entry
+        of the same run marks repeats; positions (runs, cursors) follow."""
+        log, marks_of = self.log, self._marks_by_position()
+        last: dict[tuple[int, int], int] = {}
+        for index in range(len(log) - 1, -1, -1):
+            last.setdefault((id(log[index]), id(marks_of[index])), index)
+        kept_before = [0] * (len(log) + 1)
+        kept: list[InstanceState[Any]] = []
+        session_key = self.session_key
+        for index, state in enumerate(log):
+            kept_before[index] = len(kept)
+            if (
+                last[(id(state), id(marks_of[index]))] == index
+                and _in_session(state, session_key)
+            ):
+                kept.append(state)
+        kept_before[len(log)] = len(kept)
+        starts: list[int] = []
+        marks: list[Marks] = []
+        for start, run_marks in zip(self.run_starts, self.run_marks, strict=True):
+            new_start = kept_before[start]
+            if starts and starts[-1] == new_start:
+                starts.pop()  # the run before emptied out
+                marks.pop()
+            if marks and marks[-1] is run_marks:
+                continue  # the same marks as the run before: one run
+            starts.append(new_start)
+            marks.append(run_marks)
+        self.log, self.run_starts, self.run_marks = kept, starts, marks
+        self.cursors = {key: kept_before[pos] for key, pos in self.cursors.items()}
+        self.limit = max(_MIN_COMPACT, 2 * len(kept))
+        self.run = None
+
+    def _marks_by_position(self) -> list[Marks]:
+        out: list[Marks] = []
+        ends = [*self.run_starts[1:], len(self.log)]
+        for start, end, marks in zip(self.run_starts, ends, self.run_marks, strict=True):
+            out.extend([marks] * (end - start))
+        return out
 
 
+#: Keyed by the identity map itself: when ``expunge_all()`` or ``close()``
+#: replaces it, the old one goes, and with it the log of its instances.
 _registries: weakref.WeakKeyDictionary[Any, Registry] = weakref.WeakKeyDictionary()
 
 
 def registry_of(session: Any) -> Registry:
-    """The registry of ``session`` (a sync ``Session``), made on first use."""
-    found = _registries.get(session)
+    """The registry of ``session``'s identity map (a sync ``Session``),
+    made on first use."""
     identity_map = session.identity_map
-    if found is None or found.identity_map() is not identity_map:
-        # A new identity map holds none of the instances the buckets
-        # recorded: they start empty, and what they held is freed.
-        found = _registries[session] = Registry(session.hash_key, identity_map)
+    found = _registries.get(identity_map)
+    if found is None:
+        found = _registries[identity_map] = Registry(session.hash_key)
     return found
 
 
-def drop_loaded(bucket: Candidates, states: list[InstanceState[Any]]) -> None:
+def drop_settled(bucket: Candidates | None, states: list[InstanceState[Any]]) -> None:
     """After a batch: forget the states it settled, at once, rather than
     holding them until the next scan."""
+    if bucket is None:
+        return
     key = bucket.key
     for state in states:
         if key in state.dict if key is not None else not state.expired_attributes:
             bucket.pop(state, None)
-
-
-def note(
-    registry: Registry,
-    state: InstanceState[Any],
-    profile: Any,
-    keys: Any = None,
-) -> None:
-    """Record ``state`` as a candidate for what ``profile`` arms and it lacks
-    (only ``keys`` of it, when given: what an expire of those dropped)."""
-    dict_ = state.dict
-    for key, loader in profile.loaders.items():
-        if key not in dict_ and (keys is None or key in keys):
-            registry.lacking_bucket(loader.prop).add(state)
-    if profile.refresh_mode is not None and state.expired_attributes:
-        registry.expired_bucket(state.mapper).add(state)

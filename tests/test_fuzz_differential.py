@@ -1393,6 +1393,21 @@ def _graph(**rows: list[dict[str, Any]]) -> Graph:
 JOINED_MENTOR = (("joinedload", "mentor"),)
 
 FOUND = {
+    # A stock refresh (the profile of the latest query, raiseload_rel, has
+    # no refresh of its own) replayed the options of the query that first
+    # loaded the post, nplus1loader('*'), which re-armed Post.author to
+    # load: the touch loaded where the latest query said raise (fixed: after
+    # any stock refresh the latest arming query's profile is put back).
+    "stock-refresh-keeps-the-latest-arming": Program(
+        _graph(post=[{"id": 1, "author_id": None, "title": "post 1", "body": None}]),
+        (
+            Op("query", ("Post", Opt("nplus1loader"), None)),
+            Op("query", ("Post", Opt("raiseload_rel"), None)),
+            Op("commit"),
+            Op("loop", ("Post", "title")),
+            Op("touch", (("Post", 0), (True, 0))),
+        ),
+    ),
     # A flush deleting a review read its foreign key (for the history of the
     # many-to-one) through the named raise hook, and it raised (fixed: a
     # raise hook honours NO_RAISE, as lazy="raise" relationships do).

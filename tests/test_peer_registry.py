@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, inspect, select
 from sqlalchemy.orm import Session
 
 from nplus1loader import nplus1loader
@@ -122,25 +122,51 @@ def test_expiring_one_attribute_of_each_instance_still_batches(
     assert titles == stock_titles(engine, 1, 30)
 
 
-def test_expunge_all_empties_the_buckets(session: Session) -> None:
-    page(session, 1, 30)
-    bucket = registry_of(session).lacking_bucket(User.articles.property)
-    assert len(bucket) == 30
+def test_expunge_all_empties_the_log(session: Session) -> None:
+    kept = page(session, 1, 30)
+    registry = registry_of(session)
+    assert len(registry.log) == 30
     session.expunge_all()
     users = page(session, 31, 40)
-    bucket = registry_of(session).lacking_bucket(User.articles.property)
-    assert list(bucket) == [u._sa_instance_state for u in users]  # type: ignore[attr-defined]
+    assert registry_of(session) is not registry
+    states = [inspect(u) for u in users]
+    assert registry_of(session).log == states
+    assert registry_of(session).lacking_candidates(User.articles.property) == states
+    assert len(kept) == 30
 
 
-def test_buckets_hold_no_instance_the_user_dropped(session: Session) -> None:
+def test_the_log_holds_no_instance_the_user_dropped(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Instances never touched again go with the user's references: the
-    buckets hold states (which refer to their objects weakly), pruned when
-    they double, so they stay within twice what is alive."""
-    for lo in range(1, USERS + 1, 10):
-        page(session, lo, lo + 9)  # the pages are dropped at once, never touched
+    log holds states (which refer to their objects weakly) and is compacted
+    whenever it doubles, so it stays within twice what is alive."""
+    monkeypatch.setattr("nplus1loader._registry._MIN_COMPACT", 8)
+    kept = page(session, 1, 10)
+    for lo in range(11, USERS + 1, 10):
+        page(session, lo, lo + 9)  # dropped at once, never touched
         gc.collect()
-    assert len(session.identity_map) == 0
-    bucket = registry_of(session).lacking_bucket(User.articles.property)
-    assert all(state.obj() is None for state in bucket)
-    assert bucket.live() == []
-    assert len(bucket) == 0
+        assert len(registry_of(session).log) <= 2 * 10 + 10  # twice the alive, one page
+    assert len(session.identity_map) == 10
+    registry = registry_of(session)
+    assert [s.obj() for s in registry.log if s.obj() is not None] == kept
+    # Touching one: the batch is the 10 alive, in one query.
+    assert [len(u.articles) for u in kept] == [u.id % 4 for u in kept]
+    assert registry.lacking_candidates(User.articles.property) == []
+
+
+def test_every_commit_logs_again_without_growing_for_ever(
+    session: Session, monkeypatch: pytest.MonkeyPatch, count_queries: Any
+) -> None:
+    monkeypatch.setattr("nplus1loader._registry._MIN_COMPACT", 8)
+    users = page(session, 1, 10)
+    for commits in range(20):
+        with count_queries() as queries:
+            assert [len(u.articles) for u in users] == [u.id % 4 for u in users]
+        # The batch; after a commit, the refresh of the users' columns first.
+        assert queries.count == (2 if commits else 1)
+        session.commit()
+    # Each cycle logs the 10 users twice (the expire, the refresh) and the 15
+    # articles of the batch: 700 entries in all, without compaction.  Repeats
+    # of an instance armed alike, and instances gone, are compacted away.
+    assert len(registry_of(session).log) <= 2 * 8 + 35
