@@ -25,8 +25,8 @@ from . import _compat
 from ._arming import profile_for
 from ._expiry import ensure_expire_listener, ensure_refresh_hook
 from ._modes import LOAD, RAISE, WARN
-from ._peers import ArmedLoader
-from .exc import LazyLoadingAttributeError
+from ._peers import ArmedLoader, strict_error
+from ._report import RELATIONSHIP, arming_site, wants_query_site
 
 REL_KEYS = {
     LOAD: (("lazy", "nplus1loader"),),
@@ -216,6 +216,7 @@ def _install(
     """Arm ``loader``'s attribute on every instance the rows reach: one
     entry in this query's profile, which the rows carry."""
     profile = profile_for(context, path, mapper, loader.chunk_size, populators)
+    _note_query_site(profile, loader.mode)
     ensure_refresh_hook(mapper)
     if not profile.arm(mapper, loader):
         ensure_expire_listener(mapper)  # a per-instance hook: an expire drops it
@@ -232,14 +233,27 @@ def _remember_armed(
     the query returns, new or already in the session, carries its profile,
     even when nothing on it was left unloaded (for expired columns)."""
     profile = profile_for(context, path, mapper, loadopt.chunk_size, populators)
+    _note_query_site(profile, loadopt.mode)
     ensure_refresh_hook(mapper)
     if loadopt.refreshes:
         profile.refresh_mode = loadopt.mode
         profile.raise_keys = loadopt.raise_keys
+        profile.strict_refresh = loadopt.strategy == COL_KEYS[RAISE]
+
+
+def _note_query_site(profile: Any, declared_mode: str) -> None:
+    """Record the query's line on its profile where a touch could report
+    it (raise or warn mode, a test run collecting patterns).  Asking
+    also reads ``NPLUS1LOADER_MODE``, so the first query under an invalid
+    value fails, naming the variable."""
+    if profile.query_site is None and wants_query_site(declared_mode):
+        profile.query_site = arming_site()
 
 
 def _mode_of(loadopt: Any, strategy_mode: str) -> str:
-    if isinstance(loadopt, ArmedElement) and loadopt.mode != RAISE and strategy_mode != RAISE:
+    """The declared mode of a loader: a raiseload_* option's strategy is
+    the raising one (strict); the other options' mode is their own."""
+    if isinstance(loadopt, ArmedElement) and strategy_mode != RAISE:
         return loadopt.mode
     return strategy_mode
 
@@ -259,7 +273,7 @@ class ArmedRelationshipLoader(_compat.LazyLoader):  # type: ignore[misc]
         self._raise_always = self._nplus1_mode == RAISE
 
     def _invoke_raise_load(self, state: Any, passive: Any, lazy: Any) -> None:
-        raise LazyLoadingAttributeError(state.class_.__name__, self.key)
+        raise strict_error(state, self.parent_property, RELATIONSHIP)
 
     def setup_query(
         self,
