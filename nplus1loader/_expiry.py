@@ -198,7 +198,17 @@ class BatchRefresh:
             or not profile.raises_for(state.mapper, touched)
         ):
             return self.original(state, toload, passive)
-        raise LazyLoadingAttributeError(state.mapper.class_.__name__, touched)
+        model = state.mapper.class_.__name__
+        site = find_call_site()
+        fix = fix_for(_compat.load_path_of(state), state.mapper.attrs[touched], EXPIRED)
+        raise LazyLoadingAttributeError(
+            model,
+            touched,
+            f"{model}.{touched} is not available due to raiseload (expired); touched at "
+            f"{site if site is not None else 'an unknown line'}. Expired instances (after "
+            "commit() or expire()) refresh one at a time: keep them loaded with "
+            f"expire_on_commit=False, or reload them in one query with {fix}",
+        )
 
 
 def _loadable_expired(state: InstanceState[Any]) -> frozenset[str]:
