@@ -435,6 +435,35 @@ def test_async_call_sites(
     assert sites == [site("t-async", "main"), site("t-async-col", "main")]
 
 
+def test_async_batch_started_by_a_commit_names_the_awaited_commit(
+    engine: Engine, db_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """r12 under ``AsyncSession``: the flush of ``await session.commit()``
+    loads ``Team.heroes`` of the deleted team for its peers."""
+    setup_schema(engine, FlushBase.metadata)
+    with Session(engine) as session:
+        session.add_all([Team(id=1, heroes=[Hero(id=1)]), Team(id=2, heroes=[Hero(id=2)])])
+        session.commit()
+    url = ergo_async_url(db_name, engine)
+
+    async def main() -> None:
+        async_engine = create_async_engine(url)
+        try:
+            async with AsyncSession(async_engine) as session:
+                enable(session)
+                teams = (await session.scalars(select(Team).order_by(Team.id))).all()
+                await session.delete(teams[0])
+                await session.commit()  # t-async-commit
+        finally:
+            await async_engine.dispose()
+
+    with caplog.at_level(logging.WARNING, LOGGER):
+        asyncio.run(main())
+    [record] = [r for r in caplog.records if r.name == LOGGER]
+    assert record.nplus1_call_site == site("t-async-commit", "main")  # type: ignore[attr-defined]
+    assert record.nplus1_instances == 2  # type: ignore[attr-defined]
+
+
 # ---------------------------------------------------------- bad input
 
 

@@ -409,6 +409,8 @@ def test_enable_audits_a_suite_without_code_changes(
     )
     # The summary's line, and pytest's own (one for identical warnings).
     assert result.stdout.str().count("Author.books: ") == (2 if warnings else 1)
+    # The run put Session back as it found it.
+    assert "_nplus1loader_mode" not in vars(Session)
 
 
 def test_enable_raise_fails_the_n_plus_1_tests_only(inner: Inner) -> None:
