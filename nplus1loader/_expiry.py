@@ -135,7 +135,10 @@ class BatchRefresh:
             ):
                 raise LazyLoadingAttributeError(model, touched, pattern.message(), pattern)
         if len(peers) < 2:
-            return self._refresh_alone(profile, state, toload, passive)
+            refreshed = self._refresh_alone(profile, state, toload, passive)
+            if mode == WARN and pattern is not None:  # threshold=1
+                warn_at(pattern.message(), pattern.touch_site)
+            return refreshed
         site = pattern.touch_site if pattern is not None else find_call_site()
         with loading_for(profile.query_site):
             queries = refresh_columns(

@@ -153,9 +153,13 @@ class ArmedLoader:
             if mode == RAISE and not passive & PassiveFlag.NO_RAISE:
                 raise LazyLoadingAttributeError(pattern.model, self.key, pattern.message(), pattern)
         if len(peers) < 2:
-            # One instance is no N+1 pattern: the very statement stock runs.
+            # One instance is no N+1 pattern (unless threshold=1 says so):
+            # the very statement stock runs.
             with loading_for(query_site):
-                return self._stock(state, passive)
+                loaded = self._stock(state, passive)
+            if mode == WARN and pattern is not None:
+                warn_at(pattern.message(), pattern.touch_site)
+            return loaded
         model = self.prop.parent.class_.__name__
         site = pattern.touch_site if pattern is not None else find_call_site()
         options = _nested_options(self) if self.nested and not self.is_column else ()

@@ -201,6 +201,26 @@ def test_threshold_is_a_setting(seeded: Engine) -> None:
             authors[0].books  # noqa: B018
 
 
+def test_threshold_one_reports_every_lazy_load(seeded: Engine) -> None:
+    """``threshold=1`` makes a lone instance a pattern too: warn mode warns
+    after stock's load, raise mode raises."""
+    configure(threshold=1)
+    one = select(Author).where(Author.id == 1)
+    with Session(seeded) as session:
+        author = session.scalars(one.options(nplus1(mode="warn"))).one()
+        with QueryCounter(seeded) as q, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert [b.title for b in author.books] == ["book 1.0"]
+        assert q.count == 1
+        assert [str(w.message).split(":")[:2] for w in caught] == [
+            ["Author.books", " N+1 pattern"]
+        ]
+    with Session(seeded) as session:
+        author = session.scalars(one.options(nplus1(mode="raise"))).one()
+        with pytest.raises(LazyLoadingAttributeError, match="touched on 1 of 1 Author"):
+            author.books  # noqa: B018
+
+
 @pytest.mark.parametrize("value", [0, -1, 1.5, True, "2"])
 def test_threshold_must_be_a_positive_integer(value: Any) -> None:
     with pytest.raises(ArgumentError) as info:
