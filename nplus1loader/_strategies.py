@@ -40,6 +40,7 @@ COL_KEYS = {
 }
 _OUR_KEYS = frozenset(REL_KEYS.values()) | frozenset(COL_KEYS.values())
 _UNDEFERRED = (("deferred", False), ("instrument", True))
+_UNDECIDED = object()
 
 
 class ArmedElement:
@@ -216,7 +217,7 @@ def _install(
     """Arm ``loader``'s attribute on every instance the rows reach: one
     entry in this query's profile, which the rows carry."""
     profile = profile_for(context, path, mapper, loader.chunk_size, populators)
-    _note_query_site(profile, loader.mode)
+    _note_query_site(context, profile, loader.mode)
     ensure_refresh_hook(mapper)
     if not profile.arm(mapper, loader):
         ensure_expire_listener(mapper)  # a per-instance hook: an expire drops it
@@ -233,7 +234,7 @@ def _remember_armed(
     the query returns, new or already in the session, carries its profile,
     even when nothing on it was left unloaded (for expired columns)."""
     profile = profile_for(context, path, mapper, loadopt.chunk_size, populators)
-    _note_query_site(profile, loadopt.mode)
+    _note_query_site(context, profile, loadopt.mode)
     ensure_refresh_hook(mapper)
     if loadopt.refreshes:
         profile.refresh_mode = loadopt.mode
@@ -241,13 +242,21 @@ def _remember_armed(
         profile.strict_refresh = loadopt.strategy == COL_KEYS[RAISE]
 
 
-def _note_query_site(profile: Any, declared_mode: str) -> None:
+def _note_query_site(context: Any, profile: Any, declared_mode: str) -> None:
     """Record the query's line on its profile where a touch could report
-    it (raise or warn mode, a test run collecting patterns).  Asking
-    also reads ``NPLUS1LOADER_MODE``, so the first query under an invalid
-    value fails, naming the variable."""
-    if profile.query_site is None and wants_query_site(declared_mode):
-        profile.query_site = arming_site()
+    it (raise or warn mode, a test run collecting patterns).  Decided once
+    per query execution and declared mode, so load mode costs one
+    ``NPLUS1LOADER_MODE`` read per execution; that read also makes the
+    first query under an invalid value fail, naming the variable."""
+    if profile.query_site is not None:
+        return
+    key = ("nplus1loader.query_site", declared_mode)
+    site = context.attributes.get(key, _UNDECIDED)
+    if site is _UNDECIDED:
+        site = arming_site() if wants_query_site(declared_mode) else None
+        context.attributes[key] = site
+    if site is not None:
+        profile.query_site = site
 
 
 def _mode_of(loadopt: Any, strategy_mode: str) -> str:
