@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import types
 import warnings
@@ -378,6 +379,37 @@ def test_skip_packages_reports_the_caller_of_a_serialiser(seeded: Engine) -> Non
         assert "; touched at /virtual/fake_serialiser.py:5 in dump()" in str(info.value)
     finally:
         del sys.modules["fake_serialiser"]
+
+
+def test_skip_packages_pydantic_serialiser(seeded: Engine) -> None:
+    """A pydantic model validated from ORM objects touches the relationship
+    inside ``pydantic.main``; skipping pydantic reports the user's call."""
+    pydantic = pytest.importorskip("pydantic")  # installed with fastapi, a test extra
+
+    class BookOut(pydantic.BaseModel):
+        model_config = pydantic.ConfigDict(from_attributes=True)
+        title: str
+
+    class AuthorOut(pydantic.BaseModel):
+        model_config = pydantic.ConfigDict(from_attributes=True)
+        name: str
+        books: list[BookOut]
+
+    def touch_site() -> str:
+        # Warn mode: pydantic would wrap an error in its ValidationError.
+        with Session(seeded) as session:
+            authors = session.scalars(AUTHORS.options(nplus1(mode="warn"))).all()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                AuthorOut.model_validate(authors[0])  # t-pydantic
+        [message] = [str(w.message) for w in caught if issubclass(w.category, NPlusOneWarning)]
+        return message.partition("; touched at ")[2].partition(". Load it")[0]
+
+    pydantic_dir = os.path.dirname(pydantic.__file__)
+    found = touch_site()
+    assert found.startswith(pydantic_dir + os.sep) and found.endswith(" in model_validate()")
+    configure(skip_packages=["pydantic"])
+    assert touch_site() == site("t-pydantic", "touch_site")
 
 
 @pytest.mark.parametrize("value", ["", "pydantic.", "two words", 3])
