@@ -137,7 +137,7 @@ class BatchRefresh:
         if len(peers) < 2:
             refreshed = self._refresh_alone(profile, state, toload, passive)
             if mode == WARN and pattern is not None:  # threshold=1
-                warn_at(pattern.message(), pattern.touch_site)
+                warn_at(pattern.message(), pattern.touch_site, pattern)
             return refreshed
         site = pattern.touch_site if pattern is not None else find_call_site()
         with loading_for(profile.query_site):
@@ -155,7 +155,7 @@ class BatchRefresh:
         record_batch(session, len(peers), queries)
         log_batch(model, touched, len(peers), site, pattern.log_fields() if pattern else None)
         if mode == WARN and pattern is not None:
-            warn_at(pattern.message(), site)
+            warn_at(pattern.message(), site, pattern)
         if any(k in state.expired_attributes for k in columns):
             # Its row is gone: the stock refresh raises ObjectDeletedError.
             return self.original(state, toload, passive)

@@ -94,13 +94,15 @@ def set_test_mode(mode: str | None) -> str | None:
     return previous
 
 
-def warn_at(message: str, site: CallSite | None) -> None:
+def warn_at(message: str, site: CallSite | None, pattern: object = None) -> None:
     """Emit :class:`NPlusOneWarning` attributed to the user's line ``site``,
     not to SQLAlchemy's attribute machinery: warning filters by module,
     pytest's warnings summary and ``-W error`` then point at the loop to
-    fix.  ``warn_explicit``, because under ``AsyncSession`` the user's line
+    fix.  ``pattern`` is the warning's ``pattern`` attribute (the report's
+    fields, as on the error).  ``warn_explicit``, because under ``AsyncSession`` the user's line
     is on another greenlet's stack, out of ``stacklevel``'s reach."""
     warning = NPlusOneWarning(message)
+    warning.pattern = pattern
     if site is None:
         warnings.warn(warning, stacklevel=2)
         return

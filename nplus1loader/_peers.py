@@ -158,7 +158,7 @@ class ArmedLoader:
             with loading_for(query_site):
                 loaded = self._stock(state, passive)
             if mode == WARN and pattern is not None:
-                warn_at(pattern.message(), pattern.touch_site)
+                warn_at(pattern.message(), pattern.touch_site, pattern)
             return loaded
         model = self.prop.parent.class_.__name__
         site = pattern.touch_site if pattern is not None else find_call_site()
@@ -177,7 +177,7 @@ class ArmedLoader:
         record_batch(session, len(peers), batch.statements, batch.stock)
         log_batch(model, self.key, len(peers), site, pattern.log_fields() if pattern else None)
         if mode == WARN and pattern is not None:
-            warn_at(pattern.message(), site)
+            warn_at(pattern.message(), site, pattern)
         if self.key in state.dict:
             return LoaderCallableStatus.ATTR_WAS_SET
         # The batch found no row for this instance (deleted behind the

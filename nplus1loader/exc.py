@@ -42,7 +42,13 @@ class LazyLoadingAttributeError(InvalidRequestError):
 
 
 class NPlusOneWarning(Warning):
-    """Emitted in ``mode="warn"``: an N+1 pattern was batch-loaded."""
+    """Emitted in ``mode="warn"``: an N+1 pattern was batch-loaded.
+
+    ``pattern`` holds the report's fields (``instances``, ``query_site``,
+    ``touch_site``, ``fix``), as on :class:`LazyLoadingAttributeError`.
+    """
+
+    pattern: Any = None
 
 
 LazyLoadingAttributeError.__module__ = "nplus1loader"

@@ -277,6 +277,13 @@ def test_warning_and_log_record_carry_the_same_fields(
         f"{site('q-warn', fn)}; touched at {site('t-warn', fn)}. "
         "Load it in that query: selectinload(Author.books)"
     )
+    pattern = warning.message.pattern  # type: ignore[union-attr]
+    assert (pattern.instances, str(pattern.query_site), str(pattern.touch_site)) == (
+        6,
+        site("q-warn", fn),
+        site("t-warn", fn),
+    )
+    assert (pattern.fix, pattern.kind) == ("selectinload(Author.books)", "relationship")
     [record] = [r for r in caplog.records if r.name == LOGGER]
     fields = {k: v for k, v in record.__dict__.items() if k.startswith("nplus1_")}
     assert fields == {
