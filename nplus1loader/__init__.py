@@ -21,6 +21,7 @@ from ._options import nplus1loader_rels as nplus1loader_rels
 from ._options import raiseload_all as raiseload_all
 from ._options import raiseload_col as raiseload_col
 from ._options import raiseload_rel as raiseload_rel
+from ._report import configure as configure
 from ._session import disable as disable
 from ._session import disabled as disabled
 from ._session import enable as enable
@@ -37,6 +38,7 @@ __all__ = [
     "NPlusOneWarning",
     "Stats",
     "bulk_load_attribute_for_instance_states",
+    "configure",
     "default_columns",
     "disable",
     "disabled",

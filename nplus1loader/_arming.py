@@ -51,7 +51,11 @@ class Profile:
     :class:`ClassLevelHook` dispatches, ``instance_hooks`` those that need a
     per-instance hook.  ``refresh_mode`` (set by the option's anchor) is the
     mode in which expired columns refresh (None: the stock way);
-    ``raise_keys`` the expired columns that raise in raise mode (None: all).
+    ``raise_keys`` the expired columns that raise in raise mode (None: all);
+    ``strict_refresh`` whether they raise on every touch (``raiseload_*``),
+    not only for an N+1 pattern.  ``query_site`` is the line of the query,
+    recorded for the N+1 pattern report only in raise and warn modes or
+    while a test run collects patterns (issue 17).
     """
 
     __slots__ = (
@@ -60,14 +64,18 @@ class Profile:
         "class_level",
         "instance_hooks",
         "loaders",
+        "query_site",
         "raise_keys",
         "refresh_mode",
+        "strict_refresh",
     )
 
     def __init__(self, chunk_size: int | None) -> None:
         self.chunk_size = chunk_size
         self.refresh_mode: str | None = None
         self.raise_keys: frozenset[str] | None = None
+        self.strict_refresh = False
+        self.query_site: Any = None
         self.loaders: dict[str, Any] = {}
         self.class_level: dict[str, Any] = {}
         self.instance_hooks: dict[str, Any] = {}
@@ -112,7 +120,14 @@ class Profile:
                 for key, loader in self.loaders.items()
             )
         )
-        return (loaders, self.refresh_mode, self.raise_keys, self.chunk_size)
+        return (
+            loaders,
+            self.refresh_mode,
+            self.raise_keys,
+            self.strict_refresh,
+            self.chunk_size,
+            self.query_site,
+        )
 
 
 def profile_for(

@@ -33,9 +33,10 @@ from ._arming import profile_of, profile_verdicts, set_profile
 from ._batch import ChunkRunner, load_columns_by_key
 from ._keys import DEFAULT_CHUNK_SIZE
 from ._logging import find_call_site, log_batch
-from ._modes import RAISE, WARN, effective_mode, warn_at_call_site
+from ._modes import RAISE, WARN, effective_mode, warn_at
 from ._peers import same_load
 from ._registry import drop_settled, registry_of
+from ._report import EXPIRED, Pattern, fix_for, loading_for, record, threshold
 from ._stats import record_batch
 from .exc import LazyLoadingAttributeError
 
@@ -108,27 +109,58 @@ class BatchRefresh:
             return self._refresh_alone(profile, state, toload, passive)
         mode = effective_mode(profile.refresh_mode)
         model = mapper.class_.__name__
-        if mode == RAISE:
+        if mode == RAISE and profile.strict_refresh:
+            # raiseload_all / raiseload_col: every touch by user code.
             return self._raise_or_refresh(profile, state, toload, passive)
         peers = expired_peers(session, state, set(toload))
+        touched = None
+        pattern = None
+        if len(peers) >= threshold():
+            # An N+1 pattern (issue 17): expired instances refreshing one
+            # at a time, typically every instance after a commit().
+            touched, by_user = _compat.refresh_trigger(state)
+            name = touched or columns[0]
+            pattern = Pattern(
+                model=model,
+                attribute=name,
+                kind=EXPIRED,
+                instances=len(peers),
+                query_site=profile.query_site,
+                touch_site=find_call_site(),
+                fix=fix_for(_compat.load_path_of(state), mapper.attrs[name], EXPIRED),
+            )
+            record(pattern)
+            if (
+                mode == RAISE
+                and touched is not None
+                and by_user
+                and not passive & PassiveFlag.NO_RAISE
+                and profile.raises_for(mapper, touched)
+            ):
+                raise LazyLoadingAttributeError(model, touched, pattern.message(), pattern)
         if len(peers) < 2:
-            return self._refresh_alone(profile, state, toload, passive)
-        site = find_call_site()
-        queries = refresh_columns(
-            session,
-            mapper,
-            peers,
-            columns,
-            profile.chunk_size,
-            autoflush=not passive & PassiveFlag.NO_AUTOFLUSH,
-        )
+            refreshed = self._refresh_alone(profile, state, toload, passive)
+            if mode == WARN and pattern is not None:  # threshold=1
+                warn_at(pattern.message(), pattern.touch_site, pattern)
+            return refreshed
+        site = pattern.touch_site if pattern is not None else find_call_site()
+        with loading_for(profile.query_site):
+            queries = refresh_columns(
+                session,
+                mapper,
+                peers,
+                columns,
+                profile.chunk_size,
+                autoflush=not passive & PassiveFlag.NO_AUTOFLUSH,
+            )
         drop_settled(registry_of(session).bucket(mapper, expired=True), peers)
-        touched = _compat.refresh_trigger(state)[0] or columns[0]
+        if touched is None:
+            touched = _compat.refresh_trigger(state)[0]
+        touched = touched or columns[0]
         record_batch(session, len(peers), queries)
-        log_batch(model, touched, len(peers), site)
-        if mode == WARN:
-            where = f" at {site}" if site is not None else ""
-            warn_at_call_site(f"{model}.{touched}: N+1 loading of {len(peers)} instances{where}")
+        log_batch(model, touched, len(peers), site, pattern.log_fields() if pattern else None)
+        if mode == WARN and pattern is not None:
+            warn_at(pattern.message(), site, pattern)
         if any(k in state.expired_attributes for k in columns):
             # Its row is gone: the stock refresh raises ObjectDeletedError.
             return self.original(state, toload, passive)
@@ -174,7 +206,17 @@ class BatchRefresh:
             or not profile.raises_for(state.mapper, touched)
         ):
             return self.original(state, toload, passive)
-        raise LazyLoadingAttributeError(state.mapper.class_.__name__, touched)
+        model = state.mapper.class_.__name__
+        site = find_call_site()
+        fix = fix_for(_compat.load_path_of(state), state.mapper.attrs[touched], EXPIRED)
+        raise LazyLoadingAttributeError(
+            model,
+            touched,
+            f"{model}.{touched} is not available due to raiseload (expired); touched at "
+            f"{site if site is not None else 'an unknown line'}. Expired instances (after "
+            "commit() or expire()) refresh one at a time: keep them loaded with "
+            f"expire_on_commit=False, or reload them in one query with {fix}",
+        )
 
 
 def _loadable_expired(state: InstanceState[Any]) -> frozenset[str]:
@@ -191,8 +233,9 @@ def expired_peers(
     session: Any, trigger: InstanceState[Any], toload: set[str]
 ) -> list[InstanceState[Any]]:
     """The trigger, then every persistent instance of the same mapper that
-    is armed for load and has exactly the same attributes to refresh,
-    searched among the session's candidates (see ``_registry``).
+    is armed (not by a raiseload_* option in raise mode) and has exactly the
+    same attributes to refresh, searched among the session's candidates
+    (see ``_registry``).
 
     After a commit every instance has the same keys expired and none
     changed: a set comparison settles those, the full computation is for
@@ -204,10 +247,14 @@ def expired_peers(
     token = trigger.identity_token
     loads_alike = same_load(trigger)
     shortcut = not trigger.committed_state and _loadable_expired(trigger) == wanted
+    # A raiseload_* profile under raise mode raises on each touch: it is
+    # no peer.  Under mode="raise" the others count, to tell an N+1 pattern.
     refreshes = profile_verdicts(
-        lambda profile: profile is not None
-        and profile.refresh_mode is not None
-        and effective_mode(profile.refresh_mode) != RAISE
+        lambda profile: (
+            profile is not None
+            and profile.refresh_mode is not None
+            and not (profile.strict_refresh and effective_mode(profile.refresh_mode) == RAISE)
+        )
     )
     peers = [trigger]
     for state in registry_of(session).expired_candidates(mapper):

@@ -1,17 +1,20 @@
 """Which mode an armed attribute runs in when it is touched.
 
 Every option (and :func:`nplus1loader.enable`) declares a mode: ``"load"``
-(batch), ``"warn"`` (batch and emit :class:`~nplus1loader.NPlusOneWarning`) or
-``"raise"``.  Two overrides replace the declared mode when a touch happens,
-so the same application code batches in production and raises in a test run:
+(batch), ``"warn"`` (batch and, for an N+1 pattern, emit
+:class:`~nplus1loader.NPlusOneWarning`) or ``"raise"`` (raise for an N+1
+pattern).  Overrides replace the declared mode when a touch happens, so the
+same application code batches in production and raises in a test run.
+Precedence, most important first (the README's "Modes" section says the
+same, in the one place it is documented for users):
 
-1. the ``NPLUS1LOADER_MODE`` environment variable, read at every touch;
-2. otherwise the *forced mode* of a test run, which only the pytest plugin
-   sets (``--nplus1-mode``, the ``nplus1_mode`` ini key, the
-   ``@pytest.mark.nplus1`` marker).
-
-The environment variable wins because it is the one switch that sits outside
-the code and the test configuration (a CI job sets it for the whole run).
+1. the mode of the running test, which only the pytest plugin sets (the
+   ``@pytest.mark.nplus1(mode=...)`` marker): written next to the test, it
+   is the most specific;
+2. the ``NPLUS1LOADER_MODE`` environment variable, read at every touch;
+3. the mode of the test run (``--nplus1-mode``, else the ``nplus1_mode``
+   ini key), set by the pytest plugin;
+4. the mode written in the code.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import warnings
 
 from sqlalchemy.exc import ArgumentError
 
-from ._logging import is_internal
+from ._logging import CallSite
 from .exc import NPlusOneWarning
 
 LOAD = "load"
@@ -37,6 +40,8 @@ ENV_VAR = "NPLUS1LOADER_MODE"
 # configuration, set and restored by the pytest plugin around each test,
 # never per-request state.
 _forced_mode: str | None = None
+#: The marker's mode for the running test (same reasons).
+_test_mode: str | None = None
 
 
 def check_mode(mode: str, where: str) -> str:
@@ -45,39 +50,76 @@ def check_mode(mode: str, where: str) -> str:
     return mode
 
 
+def environment_mode() -> str | None:
+    """``NPLUS1LOADER_MODE``, trimmed and lower-cased (None: unset or
+    empty); an invalid value raises ``ArgumentError`` naming the variable."""
+    value = os.environ.get(ENV_VAR, "").strip()
+    if not value:
+        return None
+    return check_mode(value.lower(), f"environment variable {ENV_VAR}")
+
+
 def effective_mode(declared: str) -> str:
-    """The mode a touch runs in: ``NPLUS1LOADER_MODE`` if set, else the
-    forced mode of the test run if any, else ``declared``."""
-    override = os.environ.get(ENV_VAR, "").strip()
-    if override:
-        return check_mode(override.lower(), f"environment variable {ENV_VAR}")
+    """The mode a touch runs in (see the module docstring)."""
+    if _test_mode is not None:
+        return _test_mode
+    override = environment_mode()
+    if override is not None:
+        return override
     if _forced_mode is not None:
         return _forced_mode
     return declared
 
 
 def forced_mode() -> str | None:
-    """The mode the pytest plugin forces for the current test, if any."""
+    """The mode the pytest plugin forces for the test run, if any."""
     return _forced_mode
 
 
 def set_forced_mode(mode: str | None) -> str | None:
-    """Force ``mode`` (``None``: stop forcing); returns the previous value so
-    the caller can restore it."""
+    """Force ``mode`` for the test run (``None``: stop forcing); returns the
+    previous value so the caller can restore it."""
     global _forced_mode
     previous = _forced_mode
     _forced_mode = None if mode is None else check_mode(mode, "forced mode")
     return previous
 
 
-def warn_at_call_site(message: str) -> None:
-    """Emit :class:`NPlusOneWarning` attributed to the user's line, not to
-    SQLAlchemy's attribute machinery: warning filters by module, pytest's
-    warnings summary and ``-W error`` then point at the loop to fix."""
-    stacklevel = 2
-    frame = sys._getframe(1)
-    while frame.f_back is not None and is_internal(frame.f_code.co_filename):
-        frame = frame.f_back
-        stacklevel += 1
-    warnings.warn(NPlusOneWarning(message), stacklevel=stacklevel)
+def set_test_mode(mode: str | None) -> str | None:
+    """Force ``mode`` for the running test, above ``NPLUS1LOADER_MODE``
+    (the ``nplus1`` marker); returns the previous value."""
+    global _test_mode
+    previous = _test_mode
+    _test_mode = None if mode is None else check_mode(mode, "@pytest.mark.nplus1")
+    return previous
 
+
+def warn_at(message: str, site: CallSite | None, pattern: object = None) -> None:
+    """Emit :class:`NPlusOneWarning` attributed to the user's line ``site``,
+    not to SQLAlchemy's attribute machinery: warning filters by module,
+    pytest's warnings summary and ``-W error`` then point at the loop to
+    fix.  ``pattern`` is the warning's ``pattern`` attribute (the report's
+    fields, as on the error).  ``warn_explicit``, because under ``AsyncSession`` the user's line
+    is on another greenlet's stack, out of ``stacklevel``'s reach."""
+    warning = NPlusOneWarning(message)
+    warning.pattern = pattern
+    if site is None:
+        warnings.warn(warning, stacklevel=2)
+        return
+    module_globals = _globals_of(site)
+    registry = module_globals.setdefault("__warningregistry__", {}) if module_globals else None
+    module = module_globals.get("__name__", "") if module_globals else ""
+    warnings.warn_explicit(
+        warning,
+        NPlusOneWarning,
+        site.filename,
+        site.lineno,
+        module=module or None,
+        registry=registry,
+        module_globals=module_globals,
+    )
+
+
+def _globals_of(site: CallSite) -> dict[str, object] | None:
+    module = sys.modules.get(site.module) if site.module else None
+    return vars(module) if module is not None else None

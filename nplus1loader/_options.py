@@ -15,10 +15,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import inspect
-from sqlalchemy.exc import ArgumentError, NoInspectionAvailable
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import ColumnProperty, Load, Mapper, RelationshipProperty
 from sqlalchemy.orm.attributes import QueryableAttribute
 from sqlalchemy.orm.interfaces import LoaderOption
+from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.visitors import InternalTraversal
 
 from . import _compat
@@ -56,6 +57,7 @@ class ArmOption(LoaderOption):
         ("nested", InternalTraversal.dp_plain_obj),
         ("chunk_size", InternalTraversal.dp_plain_obj),
         ("arms_batches", InternalTraversal.dp_plain_obj),
+        ("strict", InternalTraversal.dp_plain_obj),
     ]
 
     #: Whether the option arms the lead entities of a statement that runs
@@ -94,6 +96,10 @@ class ArmOption(LoaderOption):
         self.option_name = option_name
         self.kinds = kinds
         self.mode = mode
+        # The raiseload_* options raise on every lazy touch, as documented
+        # since the 2020 library; mode="raise" on the other options (and
+        # enable()) raises only for an N+1 pattern (issue 17).
+        self.strict = option_name.startswith("raiseload")
         self.nested = bool(nested)
         self.chunk_size = chunk_size
         self.prefix = (prefix,) if prefix is not None else ()
@@ -210,10 +216,8 @@ class ArmOption(LoaderOption):
             existing = compile_state.attributes.get(exact_key)
             if isinstance(existing, ArmedElement):
                 existing = existing.underlying
-            if isinstance(prop, RelationshipProperty):
-                strategy = REL_KEYS[self.mode]
-            else:
-                strategy = COL_KEYS[self.mode]
+            keys = REL_KEYS if isinstance(prop, RelationshipProperty) else COL_KEYS
+            strategy = keys[RAISE if self.strict else LOAD]
             compile_state.attributes[exact_key] = ArmedElement(
                 strategy, self.mode, wild, existing, self.nested, self.chunk_size
             )
@@ -224,7 +228,7 @@ class ArmOption(LoaderOption):
         anchor, so every instance the query returns is remembered as armed
         (expired columns are refreshed in batches after a commit)."""
         # raiseload_rel() leaves expired columns to refresh the stock way.
-        refreshes = COLUMNS in self.kinds or self.mode != RAISE
+        refreshes = COLUMNS in self.kinds or not self.strict
         raise_keys = None
         if self.mode == RAISE and "*" not in self.names:
             # A named raise option raises for the expired columns it names,
@@ -241,7 +245,7 @@ class ArmOption(LoaderOption):
             if isinstance(existing, ArmedElement):
                 existing = existing.underlying
             compile_state.attributes[exact_key] = ArmedElement(
-                COL_KEYS[self.mode],
+                COL_KEYS[RAISE if self.strict else LOAD],
                 self.mode,
                 True,
                 existing,
@@ -398,18 +402,20 @@ def raiseload_rel(*attrs: Attr) -> ArmOption:
     return ArmOption("raiseload_rel", attrs, (RELATIONSHIPS,), RAISE, False, None)
 
 
-_batch_options: dict[int | None, ArmOption] = {}
+_batch_options: dict[tuple[int | None, str], ArmOption] = {}
 
 
-def batch_arming_option(chunk_size: int | None) -> ArmOption:
+def batch_arming_option(chunk_size: int | None, mode: str = LOAD) -> ArmOption:
     """The option a batch adds to its statements so that what it brings in
-    is armed in turn (``nested=True``): one object per chunk size, so the
-    statements' cache keys and the stamp on the instances stay the same."""
-    found = _batch_options.get(chunk_size)
+    is armed in turn (``nested=True``), in the mode of the loader that ran
+    the batch (so a nested N+1 pattern warns or raises as the first did):
+    one object per chunk size and mode, so the statements' cache keys and
+    the stamp on the instances stay the same."""
+    found = _batch_options.get((chunk_size, mode))
     if found is None:
-        found = ArmOption("nplus1loader", ("*",), _BOTH, LOAD, True, chunk_size)
+        found = ArmOption("nplus1loader", ("*",), _BOTH, mode, True, chunk_size)
         found.arms_batches = True
-        _batch_options[chunk_size] = found
+        _batch_options[(chunk_size, mode)] = found
     return found
 
 
@@ -420,10 +426,16 @@ def default_columns(model: Any) -> Load:
     Kept for compatibility with the 2020 library, where it was needed next
     to ``nplus1loader('*')``; here ``nplus1loader('*')`` works without it.
     """
-    try:
-        mapper = inspect(model).mapper
-    except (NoInspectionAvailable, AttributeError):
-        raise ArgumentError(f"default_columns(): {model!r} is not a mapped class") from None
+    found = inspect(model, raiseerr=False)
+    if not (isinstance(found, Mapper) or getattr(found, "is_aliased_class", False)):
+        what = "not a mapped class"
+        if isinstance(found, InstanceState):
+            what = "an instance, not a class"
+        raise ArgumentError(
+            "default_columns() expects a mapped class (or its Mapper, or an aliased class), "
+            f"got {model!r}: {what}"
+        )
+    mapper = found.mapper
     entity = model if not isinstance(model, Mapper) else model.class_
     load = Load(entity)
     for prop in mapper.column_attrs:

@@ -18,7 +18,7 @@ from sqlalchemy.orm import LoaderCallableStatus, PassiveFlag
 from sqlalchemy.orm.state import InstanceState
 
 from . import _compat
-from ._arming import profile_verdicts
+from ._arming import profile_of, profile_verdicts
 from ._batch import (
     checked_chunk_size,
     lacks,
@@ -27,8 +27,17 @@ from ._batch import (
     relationship_batchable,
 )
 from ._logging import find_call_site, log_batch
-from ._modes import LOAD, RAISE, WARN, effective_mode, warn_at_call_site
+from ._modes import LOAD, RAISE, WARN, effective_mode, warn_at
 from ._registry import drop_settled, registry_of
+from ._report import (
+    COLUMN,
+    RELATIONSHIP,
+    Pattern,
+    fix_for,
+    loading_for,
+    record,
+    threshold,
+)
 from ._stats import record_batch
 from .exc import LazyLoadingAttributeError
 
@@ -100,7 +109,8 @@ class ArmedLoader:
 
     def __call__(self, state: InstanceState[Any], passive: PassiveFlag) -> Any:
         mode = effective_mode(self.mode)
-        if mode == RAISE:
+        if mode == RAISE and getattr(self.strategy, "_nplus1_mode", LOAD) == RAISE:
+            # raiseload_all / raiseload_col / raiseload_rel: every touch.
             return self._raise(state, passive)
         session = state.session
         if (
@@ -134,35 +144,59 @@ class ArmedLoader:
                 # Changed in memory: stock loads by the new values.
                 return self._stock(state, passive)
         peers = armed_peers(session, state, self)
+        query_site = _query_site_of(state)
+        pattern = None
+        if len(peers) >= threshold():
+            # An N+1 pattern (issue 17): what raise mode raises for, warn
+            # mode warns about, and a test run reports.
+            pattern = self._pattern(state, len(peers), query_site)
+            record(pattern)
+            if mode == RAISE and not passive & PassiveFlag.NO_RAISE:
+                raise LazyLoadingAttributeError(pattern.model, self.key, pattern.message(), pattern)
         if len(peers) < 2:
-            # One instance is no N+1 pattern: the very statement stock runs.
-            return self._stock(state, passive)
+            # One instance is no N+1 pattern (unless threshold=1 says so):
+            # the very statement stock runs.
+            with loading_for(query_site):
+                loaded = self._stock(state, passive)
+            if mode == WARN and pattern is not None:
+                warn_at(pattern.message(), pattern.touch_site, pattern)
+            return loaded
         model = self.prop.parent.class_.__name__
-        site = find_call_site()
+        site = pattern.touch_site if pattern is not None else find_call_site()
         options = _nested_options(self) if self.nested and not self.is_column else ()
-        batch = load_states(
-            session,
-            self.prop,
-            peers,
-            checked_chunk_size(self.chunk_size),
-            options,
-            autoflush=not passive & PassiveFlag.NO_AUTOFLUSH,
-        )
+        with loading_for(query_site):
+            batch = load_states(
+                session,
+                self.prop,
+                peers,
+                checked_chunk_size(self.chunk_size),
+                options,
+                autoflush=not passive & PassiveFlag.NO_AUTOFLUSH,
+            )
         # Reported once the batch has run: a batch that failed (a lost
         # connection, MissingGreenlet under asyncio) loaded nothing.
         drop_settled(registry_of(session).bucket(self.prop), peers)
         record_batch(session, len(peers), batch.statements, batch.stock)
-        log_batch(model, self.key, len(peers), site)
-        if mode == WARN:
-            warn_at_call_site(
-                f"{model}.{self.key}: N+1 loading of {len(peers)} instances"
-                + (f" at {site}" if site is not None else "")
-            )
+        log_batch(model, self.key, len(peers), site, pattern.log_fields() if pattern else None)
+        if mode == WARN and pattern is not None:
+            warn_at(pattern.message(), site, pattern)
         if self.key in state.dict:
             return LoaderCallableStatus.ATTR_WAS_SET
         # The batch found no row for this instance (deleted behind the
         # session): let SQLAlchemy load it alone, and raise as it would.
         return self._stock(state, passive)
+
+    def _pattern(self, state: InstanceState[Any], instances: int, query_site: Any) -> Pattern:
+        kind = COLUMN if self.is_column else RELATIONSHIP
+        return Pattern(
+            model=self.prop.parent.class_.__name__,
+            attribute=self.key,
+            kind=kind,
+            instances=instances,
+            query_site=query_site,
+            touch_site=find_call_site(),
+            fix=fix_for(_compat.load_path_of(state), self.prop, kind),
+        )
 
     @property
     def join_keys(self) -> tuple[str, ...]:
@@ -197,7 +231,7 @@ class ArmedLoader:
                 # SQLAlchemy's own bookkeeping (a flush reading a foreign key
                 # for the history of a many-to-one): load it, never raise.
                 return self._stock(state, passive)
-            raise LazyLoadingAttributeError(state.class_.__name__, self.key)
+            raise strict_error(state, self.prop, COLUMN)
         # The raising relationship strategy applies SQLAlchemy's own rules of
         # when a lazy="raise" relationship raises (never during flush or
         # backref bookkeeping), with our exception.
@@ -367,7 +401,30 @@ def prop_is_collection(prop: Any) -> bool:
     return bool(getattr(prop, "uselist", False))
 
 
+def _query_site_of(state: InstanceState[Any]) -> Any:
+    """The line of the query that armed ``state``, where it was recorded."""
+    profile = profile_of(state)
+    return profile.query_site if profile is not None else None
+
+
+def strict_error(state: InstanceState[Any], prop: Any, kind: str) -> LazyLoadingAttributeError:
+    """What a ``raiseload_*`` option raises on a touch: the attribute, where
+    it was touched, and the option that loads it in the query."""
+    model = state.class_.__name__
+    site = find_call_site()
+    touched = str(site) if site is not None else "an unknown line"
+    fix = fix_for(_compat.load_path_of(state), prop, kind)
+    return LazyLoadingAttributeError(
+        model,
+        prop.key,
+        f"{model}.{prop.key} is not available due to raiseload; touched at {touched}. "
+        f"Load it in the query: {fix}",
+    )
+
+
 def _nested_options(loader: ArmedLoader) -> tuple[Any, ...]:
     from ._options import batch_arming_option
 
-    return (batch_arming_option(loader.chunk_size),)
+    # A strict raiseload_* loader never batches: only load, warn and raise
+    # (N+1 patterns) reach here.
+    return (batch_arming_option(loader.chunk_size, loader.mode),)

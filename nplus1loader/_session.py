@@ -10,7 +10,7 @@ and per asyncio task.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, TypeVar
@@ -19,7 +19,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import ORMExecuteState, Session, scoped_session, sessionmaker
 
-from ._modes import LOAD, MODES, check_mode
+from ._modes import LOAD, MODES, check_mode, environment_mode
 from ._options import _BOTH, ArmOption
 from ._strategies import ArmedElement
 
@@ -84,10 +84,31 @@ def enable(target: T, mode: str = LOAD) -> T:
         :class:`~nplus1loader.NPlusOneWarning`) or ``"raise"``.
     """
     check_mode(mode, "enable()")
+    # A typo in NPLUS1LOADER_MODE fails here, at start-up, not at a touch.
+    environment_mode()
     holder = _holder(target)
     _ensure_listener()
     setattr(holder, _MODE_ATTR, mode)
     return target
+
+
+def enable_every_session(mode: str) -> Callable[[], None]:
+    """:func:`enable` on ``Session`` itself, so every session of the
+    process is enabled (the pytest plugin's ``--nplus1-enable``); returns
+    what puts the previous setting back.  Sessions and classes enabled
+    or disabled in the code keep their own setting: the most specific
+    wins."""
+    previous = _own_mode(Session)
+    enable(Session, mode)
+
+    def restore() -> None:
+        if previous is _UNSET:
+            if _own_mode(Session) is not _UNSET:
+                delattr(Session, _MODE_ATTR)
+        else:
+            setattr(Session, _MODE_ATTR, previous)
+
+    return restore
 
 
 def _ensure_listener() -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.orm import LoaderCallableStatus
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.orm import LoaderCallableStatus, Session, scoped_session
 
 _INFO_KEY = "nplus1loader.stats"
 _UNKNOWN = (LoaderCallableStatus.PASSIVE_NO_RESULT, LoaderCallableStatus.NEVER_SET)
@@ -31,13 +32,30 @@ class Stats:
 
 
 def stats(session: Any) -> Stats:
-    """The counters of ``session`` (a ``Session`` or an ``AsyncSession``), to
-    put in a log line, a metric or a response header at the end of a request."""
-    sync = getattr(session, "sync_session", session)
+    """The counters of ``session`` (a ``Session``, an ``AsyncSession``, or a
+    scoped session: its current one), to put in a log line, a metric or a
+    response header at the end of a request."""
+    current = session
+    if isinstance(current, scoped_session) or _is_async_scoped(current):
+        current = current()  # the registry's session for this thread / task
+    sync = getattr(current, "sync_session", current)
+    if not isinstance(sync, Session):
+        raise ArgumentError(
+            "stats() expects a Session, an AsyncSession or a scoped session (the counters "
+            f"are per session), got {session!r}"
+        )
     found = sync.info.get(_INFO_KEY)
     if found is None:
         found = sync.info[_INFO_KEY] = Stats()
     return found  # type: ignore[no-any-return]
+
+
+def _is_async_scoped(obj: Any) -> bool:
+    try:
+        from sqlalchemy.ext.asyncio import async_scoped_session
+    except ImportError:  # SQLAlchemy 2.1 without greenlet: no asyncio sessions
+        return False
+    return isinstance(obj, async_scoped_session)
 
 
 def record_batch(

@@ -25,8 +25,8 @@ from . import _compat
 from ._arming import profile_for
 from ._expiry import ensure_expire_listener, ensure_refresh_hook
 from ._modes import LOAD, RAISE, WARN
-from ._peers import ArmedLoader
-from .exc import LazyLoadingAttributeError
+from ._peers import ArmedLoader, strict_error
+from ._report import RELATIONSHIP, arming_site, wants_query_site
 
 REL_KEYS = {
     LOAD: (("lazy", "nplus1loader"),),
@@ -40,6 +40,7 @@ COL_KEYS = {
 }
 _OUR_KEYS = frozenset(REL_KEYS.values()) | frozenset(COL_KEYS.values())
 _UNDEFERRED = (("deferred", False), ("instrument", True))
+_UNDECIDED = object()
 
 
 class ArmedElement:
@@ -216,6 +217,7 @@ def _install(
     """Arm ``loader``'s attribute on every instance the rows reach: one
     entry in this query's profile, which the rows carry."""
     profile = profile_for(context, path, mapper, loader.chunk_size, populators)
+    _note_query_site(context, profile, loader.mode)
     ensure_refresh_hook(mapper)
     if not profile.arm(mapper, loader):
         ensure_expire_listener(mapper)  # a per-instance hook: an expire drops it
@@ -232,14 +234,35 @@ def _remember_armed(
     the query returns, new or already in the session, carries its profile,
     even when nothing on it was left unloaded (for expired columns)."""
     profile = profile_for(context, path, mapper, loadopt.chunk_size, populators)
+    _note_query_site(context, profile, loadopt.mode)
     ensure_refresh_hook(mapper)
     if loadopt.refreshes:
         profile.refresh_mode = loadopt.mode
         profile.raise_keys = loadopt.raise_keys
+        profile.strict_refresh = loadopt.strategy == COL_KEYS[RAISE]
+
+
+def _note_query_site(context: Any, profile: Any, declared_mode: str) -> None:
+    """Record the query's line on its profile where a touch could report
+    it (raise or warn mode, a test run collecting patterns).  Decided once
+    per query execution and declared mode, so load mode costs one
+    ``NPLUS1LOADER_MODE`` read per execution; that read also makes the
+    first query under an invalid value fail, naming the variable."""
+    if profile.query_site is not None:
+        return
+    key = ("nplus1loader.query_site", declared_mode)
+    site = context.attributes.get(key, _UNDECIDED)
+    if site is _UNDECIDED:
+        site = arming_site() if wants_query_site(declared_mode) else None
+        context.attributes[key] = site
+    if site is not None:
+        profile.query_site = site
 
 
 def _mode_of(loadopt: Any, strategy_mode: str) -> str:
-    if isinstance(loadopt, ArmedElement) and loadopt.mode != RAISE and strategy_mode != RAISE:
+    """The declared mode of a loader: a raiseload_* option's strategy is
+    the raising one (strict); the other options' mode is their own."""
+    if isinstance(loadopt, ArmedElement) and strategy_mode != RAISE:
         return loadopt.mode
     return strategy_mode
 
@@ -259,7 +282,7 @@ class ArmedRelationshipLoader(_compat.LazyLoader):  # type: ignore[misc]
         self._raise_always = self._nplus1_mode == RAISE
 
     def _invoke_raise_load(self, state: Any, passive: Any, lazy: Any) -> None:
-        raise LazyLoadingAttributeError(state.class_.__name__, self.key)
+        raise strict_error(state, self.parent_property, RELATIONSHIP)
 
     def setup_query(
         self,

@@ -1,5 +1,13 @@
 """pytest plugin, registered through the ``pytest11`` entry point.
 
+* ``--nplus1-enable[=MODE]`` (or the ``nplus1_enable`` ini key) enables
+  every ``Session`` of the test process (``nplus1loader.enable(Session)``),
+  in mode ``warn`` unless a mode is given, so a suite is audited for N+1
+  patterns without changing its code;
+* while sessions are enabled that way, or ``--nplus1-report=FILE.json``
+  is given, every N+1 pattern seen is collected: the terminal summary
+  lists each (attribute, instances, query site, touch site, suggested
+  option, tests) and the report file gets them as JSON, for CI;
 * ``--nplus1-mode=load|warn|raise`` (or the ``nplus1_mode`` ini key) forces
   the mode of every armed attribute for the run, so a suite written against
   production code (``nplus1loader.enable(SessionLocal)``) raises on every
@@ -9,25 +17,38 @@
   unless the project defines a fixture of that name, which then wins)
   counts statements: ``with count_queries(engine) as q: ...``.
 
-Precedence, most important first: the ``NPLUS1LOADER_MODE`` environment
-variable, the marker, ``--nplus1-mode``, the ``nplus1_mode`` ini key, the
-mode written in the code.
+Precedence of modes, most important first (documented for users in the
+README's "Modes" section): the marker, the ``NPLUS1LOADER_MODE``
+environment variable, ``--nplus1-mode``, the ``nplus1_mode`` ini key, the
+mode written in the code.  An invalid mode anywhere stops the run before
+any test runs (a marker's at collection), naming the valid values.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from . import _modes
+from . import _modes, _report
+from ._session import enable_every_session
 from .testing import QueryCounter, count_queries
 
 _HELP = "force the mode of every nplus1loader-armed attribute: load, warn or raise"
+_ENABLE_HELP = (
+    "enable nplus1loader on every Session of the test process (mode: load, warn or "
+    "raise; default warn) and list the N+1 patterns seen at the end"
+)
+_REPORT_HELP = "write the N+1 patterns seen to this JSON file"
+_DEFAULT_ENABLE_MODE = _modes.WARN
 _PREVIOUS_RUN_MODE = pytest.StashKey[str | None]()
 _PREVIOUS_TEST_MODE = pytest.StashKey[str | None]()
+_RESTORE = pytest.StashKey[list[Callable[[], None]]]()
+_RECORDER = pytest.StashKey[_report.Recorder]()
+_ENABLED_MODE = pytest.StashKey[str | None]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -40,44 +61,115 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         choices=_modes.MODES,
         help=_HELP + " (overrides the nplus1_mode ini key)",
     )
+    group.addoption(
+        "--nplus1-enable",
+        action="store",
+        dest="nplus1_enable",
+        nargs="?",
+        const=_DEFAULT_ENABLE_MODE,
+        default=None,
+        metavar="MODE",
+        choices=_modes.MODES,
+        help=_ENABLE_HELP + " (overrides the nplus1_enable ini key)",
+    )
+    group.addoption(
+        "--nplus1-report",
+        action="store",
+        dest="nplus1_report",
+        default=None,
+        metavar="FILE.json",
+        help=_REPORT_HELP,
+    )
     parser.addini("nplus1_mode", _HELP, default="")
+    parser.addini(
+        "nplus1_enable",
+        _ENABLE_HELP + "; 'true' means warn, 'false' or empty: off",
+        default="",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "nplus1(mode): force the nplus1loader mode (load, warn or raise) for this test",
+        "nplus1(mode): force the nplus1loader mode (load, warn or raise) for this test; "
+        "it outranks the NPLUS1LOADER_MODE environment variable",
     )
-    mode = _run_mode(config)
-    config.stash[_PREVIOUS_RUN_MODE] = _modes.set_forced_mode(mode)
+    try:
+        _modes.environment_mode()
+    except Exception as error:
+        raise pytest.UsageError(str(error)) from None
+    restore: list[Callable[[], None]] = []
+    config.stash[_RESTORE] = restore
+    previous_run_mode = _modes.set_forced_mode(_run_mode(config))
+    restore.append(lambda: _modes.set_forced_mode(previous_run_mode))
+    enabled = _enable_mode(config)
+    config.stash[_ENABLED_MODE] = enabled
+    if enabled is not None:
+        restore.append(enable_every_session(enabled))
+    if enabled is not None or config.getoption("nplus1_report"):
+        recorder, previous_recorder = _report.start_recording()
+        config.stash[_RECORDER] = recorder
+        restore.append(lambda: _report.restore_recording(previous_recorder))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if _PREVIOUS_RUN_MODE in config.stash:
-        _modes.set_forced_mode(config.stash[_PREVIOUS_RUN_MODE])
+    for undo in reversed(config.stash.get(_RESTORE, [])):
+        undo()
+    config.stash[_RESTORE] = []
 
 
-def pytest_report_header(config: pytest.Config) -> str | None:
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    lines = []
+    enabled = config.stash.get(_ENABLED_MODE, None)
+    if enabled is not None:
+        lines.append(f"nplus1loader: every Session enabled, mode {enabled} (--nplus1-enable)")
     env = os.environ.get(_modes.ENV_VAR, "").strip()
-    if env:
-        return f"nplus1loader: mode {env} ({_modes.ENV_VAR})"
     mode = _run_mode(config)
-    return f"nplus1loader: mode {mode} (--nplus1-mode / nplus1_mode)" if mode else None
+    if env:
+        lines.append(f"nplus1loader: mode {env} ({_modes.ENV_VAR})")
+    elif mode:
+        lines.append(f"nplus1loader: mode {mode} (--nplus1-mode / nplus1_mode)")
+    return lines or None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A misspelt marker mode stops the run at collection, before a test
+    runs under a mode nobody asked for."""
+    problems = []
+    for item in items:
+        marker = item.get_closest_marker("nplus1")
+        if marker is not None and _marker_mode(marker) is None:
+            problems.append(f"{item.nodeid}: {_marker_problem(marker)}")
+    if problems:
+        raise pytest.UsageError("\n".join(problems))
+
+
+def _marker_mode(marker: pytest.Mark) -> str | None:
+    mode = marker.kwargs.get("mode", marker.args[0] if marker.args else None)
+    if mode not in _modes.MODES or len(marker.args) + len(marker.kwargs) != 1:
+        return None
+    return str(mode)
+
+
+def _marker_problem(marker: pytest.Mark) -> str:
+    return (
+        f"use @pytest.mark.nplus1(mode=...) with one of {', '.join(_modes.MODES)}; "
+        f"got {marker}"
+    )
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    recorder = item.config.stash.get(_RECORDER, None)
+    if recorder is not None:
+        recorder.current_test = item.nodeid
     marker = item.get_closest_marker("nplus1")
     if marker is None:
         return
-    mode = marker.kwargs.get("mode", marker.args[0] if marker.args else None)
-    if mode not in _modes.MODES or len(marker.args) + len(marker.kwargs) != 1:
-        pytest.fail(
-            f"{item.nodeid}: use @pytest.mark.nplus1(mode=...) with one of "
-            f"{', '.join(_modes.MODES)}; got {marker}",
-            pytrace=False,
-        )
-    item.stash[_PREVIOUS_TEST_MODE] = _modes.set_forced_mode(mode)
+    mode = _marker_mode(marker)
+    if mode is None:  # a marker added after collection
+        pytest.fail(f"{item.nodeid}: {_marker_problem(marker)}", pytrace=False)
+    item.stash[_PREVIOUS_TEST_MODE] = _modes.set_test_mode(mode)
 
 
 @pytest.hookimpl(hookwrapper=True, trylast=True)
@@ -85,8 +177,49 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
     # After the fixtures are torn down: their teardown ran in the test's mode.
     yield
     if _PREVIOUS_TEST_MODE in item.stash:
-        _modes.set_forced_mode(item.stash[_PREVIOUS_TEST_MODE])
+        _modes.set_test_mode(item.stash[_PREVIOUS_TEST_MODE])
         del item.stash[_PREVIOUS_TEST_MODE]
+    recorder = item.config.stash.get(_RECORDER, None)
+    if recorder is not None:
+        recorder.current_test = None
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    recorder = config.stash.get(_RECORDER, None)
+    if recorder is None:
+        return
+    patterns = recorder.as_json()
+    terminalreporter.section("nplus1loader: N+1 patterns")
+    if not patterns:
+        terminalreporter.write_line("no N+1 pattern seen")
+    for found in patterns:
+        for line in _summary_lines(found):
+            terminalreporter.write_line(line)
+    path = config.getoption("nplus1_report")
+    if path:
+        terminalreporter.write_line(f"written to {path}")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    recorder = session.config.stash.get(_RECORDER, None)
+    path = session.config.getoption("nplus1_report")
+    if recorder is None or not path:
+        return
+    with open(path, "w", encoding="utf-8") as out:
+        json.dump({"patterns": recorder.as_json()}, out, indent=2)
+        out.write("\n")
+
+
+def _summary_lines(found: dict[str, Any]) -> list[str]:
+    touches = found["touches"]
+    return [
+        f"{found['attribute']}: {found['instances']} instances"
+        + (f", touched {touches} times" if touches > 1 else ""),
+        f"    query:   {found['query_site'] or 'not recorded'}",
+        f"    touched: {found['touch_site'] or 'unknown'}",
+        f"    fix:     {found['fix']}",
+        f"    tests:   {', '.join(found['tests']) or '(outside tests)'}",
+    ]
 
 
 @pytest.fixture
@@ -111,4 +244,21 @@ def _run_mode(config: pytest.Config) -> str | None:
         raise pytest.UsageError(
             f"nplus1_mode ini key: expected one of {', '.join(_modes.MODES)}, got {mode!r}"
         )
-    return mode
+    return str(mode)
+
+
+def _enable_mode(config: pytest.Config) -> str | None:
+    mode = config.getoption("nplus1_enable")
+    if mode:
+        return str(mode)
+    value = str(config.getini("nplus1_enable")).strip().lower()
+    if value in ("", "false", "0", "no", "off"):
+        return None
+    if value in ("true", "1", "yes", "on"):
+        return _DEFAULT_ENABLE_MODE
+    if value not in _modes.MODES:
+        raise pytest.UsageError(
+            f"nplus1_enable ini key: expected one of {', '.join(_modes.MODES)}, true or "
+            f"false, got {value!r}"
+        )
+    return value

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -365,6 +366,7 @@ def test_raiseload_all_raises_in_async(small: URL, access: str, attr: str) -> No
             users = await load_users(session, "scalars", raiseload_all())
             with QueryCounter(async_engine) as q:
                 for user in users:
+                    first = inspect.currentframe().f_lineno  # type: ignore[union-attr]
                     with pytest.raises(LazyLoadingAttributeError) as info:
                         if access == "plain":
                             getattr(user, attr)
@@ -372,7 +374,20 @@ def test_raiseload_all_raises_in_async(small: URL, access: str, attr: str) -> No
                             await getattr(user.awaitable_attrs, attr)
                         else:
                             await session.run_sync(lambda _, u=user: getattr(u, attr))
-                    assert str(info.value) == f"AsyncUser.{attr} is not available due to raiseload"
+                    # The touch site is the user's line: the awaiting
+                    # coroutine's for awaitable_attrs (issue 17).
+                    line, function = {
+                        "plain": (first + 3, "scenario"),
+                        "awaitable": (first + 5, "scenario"),
+                        "run_sync": (first + 7, "<lambda>"),
+                    }[access]
+                    fix = "selectinload(AsyncUser.articles)" if attr == "articles" else (
+                        "undefer(AsyncUser.bio)"
+                    )
+                    assert str(info.value) == (
+                        f"AsyncUser.{attr} is not available due to raiseload; touched at "
+                        f"{__file__}:{line} in {function}(). Load it in the query: {fix}"
+                    )
             q.assert_count(0)
 
     run(small, scenario)

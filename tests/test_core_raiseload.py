@@ -5,6 +5,7 @@ the query loaded (or what they do not cover) working as usual.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,16 +35,26 @@ def session(engine: Engine) -> Iterator[Session]:
         yield session
 
 
-def assert_raises_every_time(engine: Engine, objs: list[Any], key: str) -> None:
-    """Every instance raises on ``key``, twice, with the exact message, and
-    no SQL is emitted."""
+#: How an option for the articles loaded at User.articles is spelled.
+UNDER = "selectinload(User.articles)"
+
+
+def assert_raises_every_time(engine: Engine, objs: list[Any], key: str, fix: str) -> None:
+    """Every instance raises on ``key``, twice, with the exact message (the
+    touch's line and ``fix``, the option that loads it), and no SQL is
+    emitted."""
     model = type(objs[0]).__name__
     with QueryCounter(engine) as q:
         for obj in objs:
             for _ in range(2):
+                touch_line = inspect.currentframe().f_lineno + 2  # type: ignore[union-attr]
                 with pytest.raises(LazyLoadingAttributeError) as info:
                     getattr(obj, key)
-                assert str(info.value) == f"{model}.{key} is not available due to raiseload"
+                assert str(info.value) == (
+                    f"{model}.{key} is not available due to raiseload; touched at "
+                    f"{__file__}:{touch_line} in assert_raises_every_time(). "
+                    f"Load it in the query: {fix}"
+                )
                 assert isinstance(info.value, InvalidRequestError)
             assert not loaded(obj, key)
     assert q.count == 0, q.statements
@@ -55,7 +66,8 @@ def test_raiseload_all_raises_for_every_unloaded_attribute(
     engine: Engine, session: Session, api: str, key: str
 ) -> None:
     users = load(session, api, User, raiseload_all("*"))
-    assert_raises_every_time(engine, users, key)
+    fix = f"undefer(User.{key})" if key == "bio" else f"selectinload(User.{key})"
+    assert_raises_every_time(engine, users, key, fix)
 
 
 @pytest.mark.parametrize("api", APIS)
@@ -86,8 +98,8 @@ def test_raiseload_col_makes_named_columns_unloaded_and_raising(
 ) -> None:
     users = load(session, api, User, option())
     assert not any(loaded(u, "name") for u in users)  # not loaded by the query
-    assert_raises_every_time(engine, users, "name")
-    assert_raises_every_time(engine, users, "bio")
+    assert_raises_every_time(engine, users, "name", "undefer(User.name)")
+    assert_raises_every_time(engine, users, "bio", "undefer(User.bio)")
 
     # Other columns are loaded; relationships keep stock lazy loading.
     got = touch_all(engine, users, lambda u: (u.email, u.articles))
@@ -108,8 +120,8 @@ def test_raiseload_rel_raises_for_named_relationships_only(
     engine: Engine, session: Session, api: str, option
 ) -> None:
     users = load(session, api, User, option())
-    assert_raises_every_time(engine, users, "articles")
-    assert_raises_every_time(engine, users, "profile")
+    assert_raises_every_time(engine, users, "articles", "selectinload(User.articles)")
+    assert_raises_every_time(engine, users, "profile", "selectinload(User.profile)")
 
     got = touch_all(engine, users, lambda u: (u.groups, u.bio))
     want = stock(engine, User, lambda u: (u.groups, u.bio))
@@ -121,7 +133,7 @@ def test_raiseload_col_wildcard_covers_only_unloaded_columns(
     engine: Engine, session: Session
 ) -> None:
     users = load(session, "scalars", User, raiseload_col("*"))
-    assert_raises_every_time(engine, users, "bio")
+    assert_raises_every_time(engine, users, "bio", "undefer(User.bio)")
     got = touch_all(engine, users, lambda u: (u.name, u.articles))
     want = stock(engine, User, lambda u: (u.name, u.articles))
     assert got.queries == want.queries == len(users)
@@ -130,7 +142,7 @@ def test_raiseload_col_wildcard_covers_only_unloaded_columns(
 
 def test_raiseload_rel_wildcard_covers_only_relationships(engine: Engine, session: Session) -> None:
     users = load(session, "scalars", User, raiseload_rel("*"))
-    assert_raises_every_time(engine, users, "groups")
+    assert_raises_every_time(engine, users, "groups", "selectinload(User.groups)")
     got = touch_all(engine, users, lambda u: u.bio)
     want = stock(engine, User, lambda u: u.bio)
     assert got.queries == want.queries == len(users)
@@ -151,10 +163,16 @@ def test_chained_after_defaultload_raises_below_stock_lazy_loads(
 
     articles = [a for u in users for a in u.articles]
     assert len(articles) == 9
-    assert_raises_every_time(engine, articles, "comments")
-    assert_raises_every_time(engine, articles, "body")
+    assert_raises_every_time(
+        engine, articles, "comments", f"{UNDER}.selectinload(Article.comments)"
+    )
+    assert_raises_every_time(
+        engine, articles, "body", f"{UNDER}.undefer_group('content')"
+    )
     # Even with the target in the identity map, as stock raiseload('*') does.
-    assert_raises_every_time(engine, articles, "author")
+    assert_raises_every_time(
+        engine, articles, "author", f"{UNDER}.selectinload(Article.author)"
+    )
     got = touch_all(engine, articles, lambda a: (a.title, a.author_id))
     want = stock(engine, Article, lambda a: (a.title, a.author_id))
     assert got.queries == 0
@@ -171,4 +189,6 @@ def test_chained_after_joinedload_raises_on_the_joined_entities(
     users = load(session, "scalars", User, joinedload(User.articles).raiseload_all("*"))
     articles = [a for u in users for a in u.articles]
     assert len(articles) == 9
-    assert_raises_every_time(engine, articles, "comments")
+    assert_raises_every_time(
+        engine, articles, "comments", f"{UNDER}.selectinload(Article.comments)"
+    )

@@ -7,6 +7,7 @@ query count is exact.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 
 import pytest
@@ -340,9 +341,16 @@ def test_raiseload_all_raises_on_expired(factory: sessionmaker[Session], engine:
         assert users[0].name == "user 1"
         session.commit()
         with QueryCounter(engine) as q:
+            line = inspect.currentframe().f_lineno + 2  # type: ignore[union-attr]
             with pytest.raises(LazyLoadingAttributeError) as excinfo:
                 users[0].name  # noqa: B018
             with pytest.raises(LazyLoadingAttributeError):
                 users[0].name  # noqa: B018
         q.assert_count(0)
-        assert str(excinfo.value) == "User.name is not available due to raiseload"
+        assert str(excinfo.value) == (
+            "User.name is not available due to raiseload (expired); touched at "
+            f"{__file__}:{line} in test_raiseload_all_raises_on_expired(). Expired instances "
+            "(after commit() or expire()) refresh one at a time: keep them loaded with "
+            "expire_on_commit=False, or reload them in one query with "
+            "select(User).execution_options(populate_existing=True)"
+        )

@@ -1039,7 +1039,7 @@ class Runner:
         if kind == "raise":
             if not isinstance(n.error, LazyLoadingAttributeError):
                 self.fail(f"{where}: raise predicted, N gave {n.value!r} / {n.error!r}")
-            named = str(n.error).removesuffix(" is not available due to raiseload")
+            named = str(n.error).partition(" is not available due to raiseload")[0]
             cls, _, column = named.partition(".")
             if cls != ident[0] or column not in ATTRS[cls]:
                 self.fail(f"{where}: wrong message {n.error}")

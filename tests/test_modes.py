@@ -125,6 +125,7 @@ def test_warning_names_the_attribute_and_the_call_site(seeded: Engine) -> None:
     expected, _ = stock(seeded, "books")
     values = []
     with Session(seeded) as session:
+        query_line = inspect.currentframe().f_lineno + 1  # type: ignore[union-attr]
         authors = session.scalars(AUTHORS.options(nplus1loader(mode="warn"))).all()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -139,9 +140,11 @@ def test_warning_names_the_attribute_and_the_call_site(seeded: Engine) -> None:
     # Attributed to the line that touched the attribute, so that filters,
     # pytest's summary and -W error point at the loop to fix.
     assert (warning.filename, warning.lineno) == (__file__, line)
+    function = "test_warning_names_the_attribute_and_the_call_site()"
     assert str(warning.message) == (
-        f"Author.books: N+1 loading of {len(authors)} instances at {__file__}:{line} "
-        "in test_warning_names_the_attribute_and_the_call_site()"
+        f"Author.books: N+1 pattern: touched on 1 of {len(authors)} Author loaded by the "
+        f"query at {__file__}:{query_line} in {function}; touched at {__file__}:{line} in "
+        f"{function}. Load it in that query: selectinload(Author.books)"
     )
 
 
@@ -153,7 +156,7 @@ def test_warning_as_error_fails_at_the_touch(seeded: Engine) -> None:
         books = session.scalars(BOOKS.options(nplus1loader(mode="warn"))).all()
         with warnings.catch_warnings(), QueryCounter(seeded) as q:
             warnings.simplefilter("error", NPlusOneWarning)
-            with pytest.raises(NPlusOneWarning, match=r"^Book\.author: N\+1 loading of"):
+            with pytest.raises(NPlusOneWarning, match=r"^Book\.author: N\+1 pattern: "):
                 books[0].author  # noqa: B018
             assert [book.author.name for book in books] == expected
         assert q.count == 1

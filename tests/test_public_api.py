@@ -31,6 +31,8 @@ PUBLIC = {
     "raiseload_all",
     "raiseload_col",
     "raiseload_rel",
+    # The N+1 pattern report's settings (issue 17).
+    "configure",
     # Production and test ergonomics (issue 6).
     "Stats",
     "disable",

@@ -10,6 +10,7 @@ its outcome, which mode a touch of an armed attribute ran in.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -196,7 +197,8 @@ def outer_mode_is_restored() -> Any:
         pytest.param(("--nplus1-mode=raise",), None, None, "raise", None, id="cli-raise"),
         pytest.param((), "raise", None, "raise", None, id="ini-raise"),
         pytest.param(("--nplus1-mode=load",), "raise", None, "load", None, id="cli-over-ini"),
-        pytest.param(("--nplus1-mode=raise",), None, "warn", "warn", "warn", id="env-over-all"),
+        pytest.param(("--nplus1-mode=raise",), None, "warn", "warn", None, id="env-over-cli"),
+        pytest.param((), "raise", "warn", "warn", None, id="marker-over-env"),
     ],
 )
 def test_mode_precedence(
@@ -208,8 +210,9 @@ def test_mode_precedence(
     run: str,
     marked: str | None,
 ) -> None:
-    """Environment variable, then marker, then --nplus1-mode, then the ini
-    key, then the code."""
+    """The marker, then the environment variable, then --nplus1-mode, then
+    the ini key, then the code (issue 17: a test's marker outranks
+    NPLUS1LOADER_MODE)."""
     pytester = inner.pytester
     pytester.makepyfile(
         test_inner=inner.header
@@ -249,7 +252,9 @@ def test_warn_mode_points_at_the_test_line(inner: Inner, as_error: bool) -> None
     written = (inner.pytester.path / "test_inner.py").read_text().splitlines()
     line = written.index("        authors[0].books  # the line the warning points at") + 1
     message = (
-        f"Author.books: N+1 loading of {AUTHORS} instances at *test_inner.py:{line} in test_touch()"
+        f"Author.books: N+1 pattern: touched on 1 of {AUTHORS} Author loaded by the query at "
+        f"*test_inner.py:{line - 1} in test_touch(); touched at *test_inner.py:{line} in "
+        "test_touch(). Load it in that query: selectinload(Author.books)"
     )
     if as_error:
         result.assert_outcomes(failed=1)
@@ -267,7 +272,9 @@ def test_warn_mode_points_at_the_test_line(inner: Inner, as_error: bool) -> None
         pytest.param('nplus1("load", mode="raise")', id="two-modes"),
     ],
 )
-def test_bad_marker_errors_the_test(inner: Inner, marker: str) -> None:
+def test_bad_marker_fails_at_collection(inner: Inner, marker: str) -> None:
+    """No test runs: a misspelt marker would run it in a mode nobody asked
+    for."""
     pytester = inner.pytester
     pytester.makepyfile(
         test_inner=inner.header
@@ -275,9 +282,13 @@ def test_bad_marker_errors_the_test(inner: Inner, marker: str) -> None:
         "\n\ndef test_next():\n    assert observed_mode() == 'load'\n"
     )
     result = pytester.runpytest()
-    result.assert_outcomes(passed=1, errors=1)
-    result.stdout.fnmatch_lines(
-        ["*use @pytest.mark.nplus1(mode=...) with one of load, warn, raise*"]
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.assert_outcomes()
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: test_inner.py::test_it: use @pytest.mark.nplus1(mode=...) with one of "
+            "load, warn, raise; got Mark(name='nplus1'*"
+        ]
     )
 
 
@@ -286,10 +297,178 @@ def test_bad_option_values_are_usage_errors(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--nplus1-mode=loud")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--nplus1-mode: invalid choice: 'loud'*"])
+    result = pytester.runpytest("--nplus1-enable=loud")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--nplus1-enable: invalid choice: 'loud'*"])
     pytester.makeini("[pytest]\nnplus1_mode = loud\n")
     result = pytester.runpytest()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*nplus1_mode ini key: expected one of load, warn, raise*"])
+    pytester.makeini("[pytest]\nnplus1_enable = loud\n")
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: nplus1_enable ini key: expected one of load, warn, raise, true or false, "
+            "got 'loud'"
+        ]
+    )
+
+
+def test_bad_environment_variable_fails_at_start_up(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV, "loud")
+    pytester.makepyfile(test_nothing="def test_nothing():\n    pass\n")
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "1 passed" not in result.stdout.str()
+    result.stderr.fnmatch_lines(
+        [f"ERROR: environment variable {ENV}: mode must be one of load, warn, raise, got 'loud'"]
+    )
+
+
+AUDIT_TESTS = """
+
+def page():
+    with SessionLocal() as session:
+        authors = session.scalars(select(Author).order_by(Author.id)).all()  # the query
+        for author in authors:
+            author.books  # the touch
+        return nplus1loader.stats(session).queries
+
+
+def test_page():
+    assert page() == 1
+
+
+def test_page_again():
+    assert page() == 1
+
+
+def test_one_author():
+    with SessionLocal() as session:
+        author = session.scalars(select(Author).where(Author.id == 2)).one()
+        assert [book.title for book in author.books] == ["book 2.0", "book 2.1"]
+"""
+
+
+def audit(inner: Inner, enabled_in_code: bool) -> tuple[pytest.Pytester, str, str]:
+    """The inner module with AUDIT_TESTS; unless ``enabled_in_code`` its
+    sessionmaker is a plain one, as in a project that never heard of
+    nplus1loader.  Returns the query's and the touch's sites."""
+    header = inner.header
+    if not enabled_in_code:
+        header = header.replace(
+            "SessionLocal = nplus1loader.enable(sessionmaker(engine))",
+            "SessionLocal = sessionmaker(engine)",
+        )
+    inner.pytester.makepyfile(test_inner=header + AUDIT_TESTS)
+    path = inner.pytester.path / "test_inner.py"
+    written = path.read_text().splitlines()
+    query = next(n for n, text in enumerate(written, 1) if text.endswith("# the query"))
+    touch = next(n for n, text in enumerate(written, 1) if text.endswith("# the touch"))
+    return inner.pytester, f"{path}:{query} in page()", f"{path}:{touch} in page()"
+
+
+EXPECTED_SUMMARY = [
+    "*= nplus1loader: N+1 patterns =*",
+    f"Author.books: {AUTHORS} instances, touched 2 times",
+    "    query:   {query}",
+    "    touched: {touch}",
+    "    fix:     selectinload(Author.books)",
+    "    tests:   test_inner.py::test_page, test_inner.py::test_page_again",
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "ini", "warnings"),
+    [
+        pytest.param(("--nplus1-enable",), None, 2, id="flag-warns"),
+        pytest.param(("--nplus1-enable=load",), None, 0, id="flag-load"),
+        pytest.param((), "nplus1_enable = true", 2, id="ini-true"),
+        pytest.param((), "nplus1_enable = load", 0, id="ini-load"),
+    ],
+)
+def test_enable_audits_a_suite_without_code_changes(
+    inner: Inner, args: tuple[str, ...], ini: str | None, warnings: int
+) -> None:
+    """Every Session of the test process is enabled; the summary lists each
+    pattern once, with the tests that hit it; one author is no pattern."""
+    pytester, query, touch = audit(inner, enabled_in_code=False)
+    if ini is not None:
+        pytester.makeini(f"[pytest]\n{ini}\n")
+    result = pytester.runpytest(*args)
+    result.assert_outcomes(passed=3, warnings=warnings)
+    mode = "warn" if warnings else "load"
+    result.stdout.fnmatch_lines(
+        [f"nplus1loader: every Session enabled, mode {mode} (--nplus1-enable)"]
+    )
+    result.stdout.fnmatch_lines(
+        [line.format(query=query, touch=touch) for line in EXPECTED_SUMMARY]
+    )
+    # The summary's line, and pytest's own (one for identical warnings).
+    assert result.stdout.str().count("Author.books: ") == (2 if warnings else 1)
+    # The run put Session back as it found it.
+    assert "_nplus1loader_mode" not in vars(Session)
+
+
+def test_enable_raise_fails_the_n_plus_1_tests_only(inner: Inner) -> None:
+    pytester, query, touch = audit(inner, enabled_in_code=False)
+    result = pytester.runpytest("--nplus1-enable=raise")
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            f"E*nplus1loader.LazyLoadingAttributeError: Author.books: N+1 pattern: touched "
+            f"on 1 of {AUTHORS} Author loaded by the query at {query}; touched at {touch}. "
+            "Load it in that query: selectinload(Author.books)"
+        ]
+    )
+    result.stdout.fnmatch_lines(["    tests:   test_inner.py::test_page, *::test_page_again"])
+
+
+def test_without_enable_nothing_is_armed_or_reported(inner: Inner) -> None:
+    pytester, _, _ = audit(inner, enabled_in_code=False)
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=2, passed=1)  # stock lazy loading: stats stay at 0
+    assert "nplus1loader: N+1 patterns" not in result.stdout.str()
+    assert Session.__dict__.get("_nplus1loader_mode") is None
+
+
+def test_report_file_for_ci(inner: Inner) -> None:
+    """``--nplus1-report`` collects what code enabled in load mode batches,
+    query sites included, and writes it as JSON."""
+    pytester, query, touch = audit(inner, enabled_in_code=True)
+    report = pytester.path / "n1.json"
+    result = pytester.runpytest(f"--nplus1-report={report}")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(
+        [line.format(query=query, touch=touch) for line in EXPECTED_SUMMARY]
+        + [f"written to {report}"]
+    )
+    assert json.loads(report.read_text()) == {
+        "patterns": [
+            {
+                "attribute": "Author.books",
+                "kind": "relationship",
+                "instances": AUTHORS,
+                "touches": 2,
+                "query_site": query,
+                "touch_site": touch,
+                "fix": "selectinload(Author.books)",
+                "tests": ["test_inner.py::test_page", "test_inner.py::test_page_again"],
+            }
+        ]
+    }
+
+
+def test_report_file_without_patterns(inner: Inner) -> None:
+    inner.pytester.makepyfile(test_inner=inner.header + "\n\ndef test_it():\n    pass\n")
+    report = inner.pytester.path / "n1.json"
+    result = inner.pytester.runpytest(f"--nplus1-report={report}")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*= nplus1loader: N+1 patterns =*", "no N+1 pattern seen"])
+    assert json.loads(report.read_text()) == {"patterns": []}
 
 
 def test_marker_is_documented(pytester: pytest.Pytester) -> None:

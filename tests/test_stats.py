@@ -198,6 +198,12 @@ def test_log_record_carries_structured_fields(
         "nplus1_attribute": "books",
         "nplus1_instances": len(authors),
         "nplus1_call_site": site,
+        # The N+1 pattern report (issue 17); load mode records no query site.
+        "nplus1_pattern": True,
+        "nplus1_query_site": None,
+        "nplus1_touch_site": site,
+        "nplus1_fix": "selectinload(Author.books)",
+        "nplus1_kind": "relationship",
     }
     assert record.getMessage() == f"Author.books: N+1 loading of {len(authors)} instances at {site}"
 
