@@ -29,7 +29,7 @@ from ._stats import stats as stats
 from .exc import LazyLoadingAttributeError as LazyLoadingAttributeError
 from .exc import NPlusOneWarning as NPlusOneWarning
 
-__version__ = "0.1.0"
+__version__ = "2.0.0"
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
