@@ -10,6 +10,8 @@ Importing the package registers its loader strategies with SQLAlchemy.
 
 from __future__ import annotations
 
+import logging
+
 from ._batch import DEFAULT_CHUNK_SIZE as DEFAULT_CHUNK_SIZE
 from ._batch import (
     bulk_load_attribute_for_instance_states as bulk_load_attribute_for_instance_states,
@@ -30,6 +32,12 @@ from .exc import LazyLoadingAttributeError as LazyLoadingAttributeError
 from .exc import NPlusOneWarning as NPlusOneWarning
 
 __version__ = "2.0.0"
+
+# Logging's rule for libraries: a NullHandler on the package logger, so an
+# application that never configured logging prints nothing (rather than the
+# last-resort handler writing each batch's WARNING to stderr); the
+# application decides where the records go.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",

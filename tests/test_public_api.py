@@ -8,6 +8,7 @@ Adding a public name is a decision: it must be added here too.
 from __future__ import annotations
 
 import importlib
+import logging
 import pickle
 import re
 from importlib import metadata, resources
@@ -157,3 +158,73 @@ def test_works_without_greenlet() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+_BATCH_WITHOUT_LOGGING_SETUP = """
+import logging
+import sys
+
+from sqlalchemy import Column, ForeignKey, Integer, create_engine, select
+from sqlalchemy.orm import DeclarativeBase, Session, relationship
+
+from nplus1loader import nplus1loader
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Parent(Base):
+    __tablename__ = "parent"
+    id = Column(Integer, primary_key=True)
+    children = relationship("Child")
+
+
+class Child(Base):
+    __tablename__ = "child"
+    id = Column(Integer, primary_key=True)
+    parent_id = Column(ForeignKey("parent.id"))
+
+
+if sys.argv[1] == "configured":
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+engine = create_engine("sqlite://")
+Base.metadata.create_all(engine)
+with Session(engine) as session:
+    session.add_all([Parent(id=i, children=[Child(id=i)]) for i in range(1, 4)])
+    session.commit()
+with Session(engine) as session:
+    parents = session.scalars(select(Parent).options(nplus1loader())).all()
+    print([len(p.children) for p in parents])
+"""
+
+
+@pytest.mark.parametrize("setup", ["unconfigured", "configured"])
+def test_batch_log_follows_the_applications_logging_setup(setup: str) -> None:
+    """A library adds a NullHandler and nothing else: an application that
+    never configured logging sees no WARNING on stderr (logging's last-resort
+    handler stays silent), one that did sees the batch's record."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _BATCH_WITHOUT_LOGGING_SETUP, setup],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (done.returncode, done.stdout) == (0, "[1, 1, 1]\n"), done.stderr
+    if setup == "unconfigured":
+        assert done.stderr == ""
+    else:
+        assert re.fullmatch(
+            r"WARNING nplus1loader\.NPlusOneLazyColumnLoader: Parent\.children: N\+1 loading "
+            # Python 3.12 inlines comprehensions: the frame is the module's.
+            r"of 3 instances at \S*<string>:36 in (<listcomp>|<module>)\(\)\n",
+            done.stderr,
+        ), done.stderr
+
+
+def test_package_logger_has_a_null_handler() -> None:
+    handlers = logging.getLogger("nplus1loader").handlers
+    assert [type(h) for h in handlers] == [logging.NullHandler]
