@@ -16,6 +16,9 @@ from ._batch import DEFAULT_CHUNK_SIZE as DEFAULT_CHUNK_SIZE
 from ._batch import (
     bulk_load_attribute_for_instance_states as bulk_load_attribute_for_instance_states,
 )
+from ._options import Mode as Mode
+from ._options import Nplus1Load as Nplus1Load
+from ._options import Nplus1Option as Nplus1Option
 from ._options import default_columns as default_columns
 from ._options import nplus1loader as nplus1loader
 from ._options import nplus1loader_cols as nplus1loader_cols
@@ -42,7 +45,10 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "LazyLoadingAttributeError",
+    "Mode",
     "NPlusOneWarning",
+    "Nplus1Load",
+    "Nplus1Option",
     "Stats",
     "bulk_load_attribute_for_instance_states",
     "default_columns",

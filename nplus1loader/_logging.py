@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from types import FrameType
 
 import sqlalchemy
 
@@ -51,7 +52,7 @@ def find_call_site() -> CallSite | None:
     Walking frames is cheap next to the query a batch is about to run, and it
     is the one piece of information that tells a developer which loop to fix.
     """
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
         if not is_internal(filename):

@@ -38,6 +38,10 @@ PUBLIC = {
     "disabled",
     "enable",
     "stats",
+    # Names for annotations (issue 18).
+    "Mode",
+    "Nplus1Load",
+    "Nplus1Option",
 }
 
 
@@ -51,7 +55,7 @@ def test_each_public_name_is_importable(name: str) -> None:
     namespace: dict[str, object] = {}
     exec(f"from nplus1loader import {name}", namespace)
     assert namespace[name] is getattr(importlib.import_module("nplus1loader"), name)
-    if callable(namespace[name]):
+    if callable(namespace[name]) and name != "Mode":  # a Literal alias has no docstring
         assert (namespace[name].__doc__ or "").strip(), f"{name} has no docstring"
 
 
@@ -228,3 +232,33 @@ def test_batch_log_follows_the_applications_logging_setup(setup: str) -> None:
 def test_package_logger_has_a_null_handler() -> None:
     handlers = logging.getLogger("nplus1loader").handlers
     assert [type(h) for h in handlers] == [logging.NullHandler]
+
+
+def test_mode_literal_is_the_modes_the_library_checks() -> None:
+    from typing import get_args
+
+    from nplus1loader._modes import MODES
+
+    assert get_args(nplus1loader.Mode) == MODES == ("load", "warn", "raise")
+
+
+def test_options_are_instances_of_the_public_option_type() -> None:
+    """``Nplus1Option`` is what the options return, so annotations with it
+    are true at run time; ``Nplus1Load`` is SQLAlchemy's ``Load`` itself."""
+    from sqlalchemy.orm import Load, joinedload
+
+    from tests.core_models import User
+
+    options = [
+        nplus1loader.nplus1loader(),
+        nplus1loader.nplus1loader_cols("name"),
+        nplus1loader.nplus1loader_rels(User.articles),
+        nplus1loader.raiseload_all(),
+        nplus1loader.raiseload_col("bio"),
+        nplus1loader.raiseload_rel(),
+        nplus1loader.default_columns(User).nplus1loader(),
+        joinedload(User.articles).raiseload_all(),
+    ]
+    assert [isinstance(o, nplus1loader.Nplus1Option) for o in options] == [True] * 8
+    assert nplus1loader.Nplus1Load is Load
+    assert type(nplus1loader.default_columns(User)) is Load
