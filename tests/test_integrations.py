@@ -386,3 +386,24 @@ def test_enable(tmp_path: Path) -> None:
         assert enabled_mode(session) == "load"
     with Session(module.engine) as session:
         assert enabled_mode(session) is None
+
+
+def test_no_snippet_shadows_the_package_name() -> None:
+    """``import nplus1loader`` then ``from nplus1loader import nplus1loader``
+    rebinds the module's name to the function, and ``nplus1loader.enable``
+    fails: each block uses one spelling."""
+    both = [
+        name
+        for name, source in snippets().items()
+        if re.search(r"^import nplus1loader$", source, re.MULTILINE)
+        and re.search(r"^from nplus1loader import .*\bnplus1loader\b", source, re.MULTILINE)
+    ]
+    assert both == []
+    modules = [n for n, s in snippets().items() if "\nimport nplus1loader\n" in f"\n{s}"]
+    assert sorted(modules) == [
+        "enable",
+        "fastapi_async",
+        "fastapi_sync",
+        "flask_app",
+        "pytest_example",
+    ]
