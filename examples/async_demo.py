@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -153,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help="async database URL (default: aiosqlite, temporary file)")
     parser.add_argument("--users", type=int, default=200, help="number of users (default: 200)")
     args = parser.parse_args(argv)
+    # nplus1loader only adds a NullHandler: show its WARNING per batch on
+    # stderr, as a script's own logging set-up would.
+    logging.basicConfig(format="%(message)s", level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         url = args.url or f"sqlite+aiosqlite:///{Path(tmp) / 'async_demo.db'}"
         counts = asyncio.run(demo(url, args.users))

@@ -10,10 +10,15 @@ Importing the package registers its loader strategies with SQLAlchemy.
 
 from __future__ import annotations
 
+import logging
+
 from ._batch import DEFAULT_CHUNK_SIZE as DEFAULT_CHUNK_SIZE
 from ._batch import (
     bulk_load_attribute_for_instance_states as bulk_load_attribute_for_instance_states,
 )
+from ._options import Mode as Mode
+from ._options import Nplus1Load as Nplus1Load
+from ._options import Nplus1Option as Nplus1Option
 from ._options import default_columns as default_columns
 from ._options import nplus1loader as nplus1loader
 from ._options import nplus1loader_cols as nplus1loader_cols
@@ -30,12 +35,21 @@ from ._stats import stats as stats
 from .exc import LazyLoadingAttributeError as LazyLoadingAttributeError
 from .exc import NPlusOneWarning as NPlusOneWarning
 
-__version__ = "0.1.0"
+__version__ = "2.0.0"
+
+# Logging's rule for libraries: a NullHandler on the package logger, so an
+# application that never configured logging prints nothing (rather than the
+# last-resort handler writing each batch's WARNING to stderr); the
+# application decides where the records go.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "LazyLoadingAttributeError",
+    "Mode",
     "NPlusOneWarning",
+    "Nplus1Load",
+    "Nplus1Option",
     "Stats",
     "bulk_load_attribute_for_instance_states",
     "configure",

@@ -22,7 +22,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Integer, TypeDecorator, Uuid, select
 from sqlalchemy.exc import ArgumentError
@@ -592,12 +592,14 @@ def _omit_join_columns(prop: RelationshipProperty[Any]) -> list[Any] | None:
         return None
     if not _compat.selectin_omits_join(prop) or _compat.target_correlates_to_parent(prop):
         return None
-    if not all(_exact_key_type(remote) for _, remote in prop.local_remote_pairs):
+    # Set on every configured relationship (typed Optional in 2.0).
+    pairs = cast("Sequence[tuple[Any, Any]]", prop.local_remote_pairs)
+    if not all(_exact_key_type(remote) for _, remote in pairs):
         return None
     parent = prop.parent
     target = prop.mapper
     by_key: dict[str, Any] = {}
-    for local, remote in prop.local_remote_pairs:
+    for local, remote in pairs:
         by_key[parent.get_property_by_column(local).key] = remote
     entity = prop.entity.entity
     attrs = []
@@ -655,7 +657,7 @@ def _select_through_parent(prop: RelationshipProperty[Any]) -> _Shape:
     else:
         criterion, bind_to_col = _compat.lazy_clause(prop)
 
-        def parent_column(element: Any) -> Any:
+        def parent_column(element: Any, **kw: Any) -> Any:
             if getattr(element, "__visit_name__", None) == "bindparam":
                 column = bind_to_col.get(_compat.bind_key(element))
                 if column is not None:

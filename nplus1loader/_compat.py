@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 from sqlalchemy import inspect
@@ -171,7 +172,8 @@ def load_for_state(
 def equated_columns(strategy: Any) -> dict[Any, Any]:
     """For a many-to-one lazy loader that can use the identity map
     (``use_get``), each target primary-key column's parent column."""
-    return strategy._equated_columns
+    equated: dict[Any, Any] = strategy._equated_columns
+    return equated
 
 
 def selectin_omits_join(prop: Any) -> bool:
@@ -269,7 +271,7 @@ def refresh_trigger(state: InstanceState[Any]) -> tuple[str | None, bool]:
     attribute's ``get()``, called by the descriptor's ``__get__`` when user
     code reads the attribute (the same chain in 2.0 and 2.1).
     """
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     for _ in range(8):
         if frame is None:
             break
@@ -461,7 +463,8 @@ def set_committed_value(state: InstanceState[Any], key: str, value: Any) -> None
     """Store a loaded value as the committed state of ``key``: no history,
     not dirty, pending collection changes merged in (the attribute
     implementation's ``set_committed_value``, looked up on the state)."""
-    state.manager[key].impl.set_committed_value(state, state.dict, value)
+    impl: Any = state.manager[key].impl
+    impl.set_committed_value(state, state.dict, value)
 
 
 def load_attribute(state: InstanceState[Any], key: str, passive: Any) -> Any:

@@ -12,7 +12,7 @@ the strategies in ``_strategies`` read.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import inspect
 from sqlalchemy.exc import ArgumentError
@@ -33,8 +33,14 @@ _NOT_BATCHABLE_LAZY = ("dynamic", "write_only")
 
 Attr = str | QueryableAttribute[Any]
 
+#: What ``mode=`` accepts (see :mod:`nplus1loader._modes`).
+Mode = Literal["load", "warn", "raise"]
+
 __all__ = [
     "ArmOption",
+    "Mode",
+    "Nplus1Load",
+    "Nplus1Option",
     "default_columns",
     "nplus1loader",
     "nplus1loader_cols",
@@ -45,8 +51,27 @@ __all__ = [
 ]
 
 
-class ArmOption(LoaderOption):
+class Nplus1Option(LoaderOption):
+    """The type of what :func:`nplus1loader`, :func:`raiseload_all` and the
+    other options return: a loader option for ``.options(...)``.
+
+    Annotate with this name; the class behind it is private.
+    """
+
+    __slots__ = ()
+
+
+class ArmOption(Nplus1Option):
     """Arms attributes of the entities a query loads (see module docstring)."""
+
+    option_name: str
+    kinds: tuple[str, ...]
+    mode: str
+    nested: bool
+    chunk_size: int | None
+    prefix: tuple[Any, ...]
+    names: tuple[str, ...]
+    bound: tuple[tuple[Any, str], ...]
 
     _traverse_internals = [
         ("prefix", InternalTraversal.dp_has_cache_key_list),
@@ -328,12 +353,77 @@ def _prefixed_targets(
     return targets
 
 
+if TYPE_CHECKING:
+
+    class Nplus1Load(Load):
+        """:class:`sqlalchemy.orm.Load` with nplus1loader's chained methods,
+        for type checkers.
+
+        At run time this *is* ``sqlalchemy.orm.Load``: importing nplus1loader
+        gives every SQLAlchemy loader option these methods, but a type
+        checker cannot see methods added at run time.  :func:`default_columns`
+        returns this type, and ``Nplus1Load(User).joinedload(User.articles)``
+        (SQLAlchemy's own ``Load(User)`` spelling of
+        ``joinedload(User.articles)``) chains with type checking::
+
+            select(User).options(
+                Nplus1Load(User).joinedload(User.articles).nplus1loader("*")
+            )
+        """
+
+        def nplus1loader(
+            self,
+            *attrs: Attr,
+            nested: bool = True,
+            chunk_size: int | None = None,
+            mode: Mode = "load",
+        ) -> Nplus1Option:
+            """Chained form of :func:`nplus1loader.nplus1loader`."""
+            ...
+
+        def nplus1loader_cols(
+            self,
+            *attrs: Attr,
+            nested: bool = True,
+            chunk_size: int | None = None,
+            mode: Mode = "load",
+        ) -> Nplus1Option:
+            """Chained form of :func:`nplus1loader.nplus1loader_cols`."""
+            ...
+
+        def nplus1loader_rels(
+            self,
+            *attrs: Attr,
+            nested: bool = True,
+            chunk_size: int | None = None,
+            mode: Mode = "load",
+        ) -> Nplus1Option:
+            """Chained form of :func:`nplus1loader.nplus1loader_rels`."""
+            ...
+
+        def raiseload_all(self, *attrs: Attr) -> Nplus1Option:
+            """Chained form of :func:`nplus1loader.raiseload_all`."""
+            ...
+
+        def raiseload_col(self, *attrs: Attr) -> Nplus1Option:
+            """Chained form of :func:`nplus1loader.raiseload_col`."""
+            ...
+
+        def raiseload_rel(self, *attrs: Attr) -> Nplus1Option:
+            """Chained form of :func:`nplus1loader.raiseload_rel`."""
+            ...
+
+else:
+    # Every Load has the methods (attached below); the name is for annotations.
+    Nplus1Load = Load
+
+
 # ------------------------------------------------------------- public API
 
 
 def nplus1loader(
-    *attrs: Attr, nested: bool = True, chunk_size: int | None = None, mode: str = LOAD
-) -> ArmOption:
+    *attrs: Attr, nested: bool = True, chunk_size: int | None = None, mode: Mode = "load"
+) -> Nplus1Option:
     """Batch-load columns and relationships on first touch.
 
     With ``'*'`` (the default) every relationship the query loads lazily and
@@ -354,8 +444,8 @@ def nplus1loader(
 
 
 def nplus1loader_cols(
-    *attrs: Attr, nested: bool = True, chunk_size: int | None = None, mode: str = LOAD
-) -> ArmOption:
+    *attrs: Attr, nested: bool = True, chunk_size: int | None = None, mode: Mode = "load"
+) -> Nplus1Option:
     """:func:`nplus1loader` for columns only."""
     return ArmOption(
         "nplus1loader_cols",
@@ -368,8 +458,8 @@ def nplus1loader_cols(
 
 
 def nplus1loader_rels(
-    *attrs: Attr, nested: bool = True, chunk_size: int | None = None, mode: str = LOAD
-) -> ArmOption:
+    *attrs: Attr, nested: bool = True, chunk_size: int | None = None, mode: Mode = "load"
+) -> Nplus1Option:
     """:func:`nplus1loader` for relationships only."""
     return ArmOption(
         "nplus1loader_rels",
@@ -381,7 +471,7 @@ def nplus1loader_rels(
     )
 
 
-def raiseload_all(*attrs: Attr) -> ArmOption:
+def raiseload_all(*attrs: Attr) -> Nplus1Option:
     """Touching an unloaded column or lazy relationship raises
     :class:`~nplus1loader.LazyLoadingAttributeError`, every time.
 
@@ -391,13 +481,13 @@ def raiseload_all(*attrs: Attr) -> ArmOption:
     return ArmOption("raiseload_all", attrs, _BOTH, RAISE, False, None)
 
 
-def raiseload_col(*attrs: Attr) -> ArmOption:
+def raiseload_col(*attrs: Attr) -> Nplus1Option:
     """Named columns are not loaded, and touching them raises; ``'*'``
     makes every column the query leaves unloaded raise."""
     return ArmOption("raiseload_col", attrs, (COLUMNS,), RAISE, False, None)
 
 
-def raiseload_rel(*attrs: Attr) -> ArmOption:
+def raiseload_rel(*attrs: Attr) -> Nplus1Option:
     """Touching a lazily loaded relationship raises."""
     return ArmOption("raiseload_rel", attrs, (RELATIONSHIPS,), RAISE, False, None)
 
@@ -419,7 +509,7 @@ def batch_arming_option(chunk_size: int | None, mode: str = LOAD) -> ArmOption:
     return found
 
 
-def default_columns(model: Any) -> Load:
+def default_columns(model: Any) -> Nplus1Load:
     """The model's own column loading as an option: deferred columns stay
     deferred (groups kept, ``raiseload=True`` kept), the others are loaded.
 
@@ -437,7 +527,7 @@ def default_columns(model: Any) -> Load:
         )
     mapper = found.mapper
     entity = model if not isinstance(model, Mapper) else model.class_
-    load = Load(entity)
+    load = Nplus1Load(entity)
     for prop in mapper.column_attrs:
         options = dict(prop.strategy_key)
         if "deferred" not in options or not options.get("instrument", True):

@@ -19,8 +19,8 @@ from sqlalchemy import event
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import ORMExecuteState, Session, scoped_session, sessionmaker
 
-from ._modes import LOAD, MODES, check_mode, environment_mode
-from ._options import _BOTH, ArmOption
+from ._modes import MODES, check_mode, environment_mode
+from ._options import _BOTH, ArmOption, Mode
 from ._strategies import ArmedElement
 
 __all__ = ["disable", "disabled", "enable"]
@@ -68,7 +68,7 @@ class SessionWideOption(ArmOption):
 _OPTIONS = {mode: SessionWideOption(mode) for mode in MODES}
 
 
-def enable(target: T, mode: str = LOAD) -> T:
+def enable(target: T, mode: Mode = "load") -> T:
     """Make every ORM SELECT through ``target`` arm what it leaves unloaded,
     as if it carried ``nplus1loader('*', mode=mode)``.
 
@@ -207,7 +207,7 @@ def _holder(target: Any) -> Any:
 
 
 def _async_holder(
-    target: Any, async_session: type, async_scoped: type, async_maker: type
+    target: Any, async_session: Any, async_scoped: type[Any], async_maker: type[Any]
 ) -> Any:
     if isinstance(target, async_scoped):
         return _holder(target.session_factory)
@@ -216,13 +216,14 @@ def _async_holder(
     if isinstance(target, async_maker):
         return _dedicated_sync_class(target)
     if isinstance(target, type) and issubclass(target, async_session):
-        if target.sync_session_class is Session:
+        cls: Any = target  # an AsyncSession subclass
+        if cls.sync_session_class is Session:
             raise ArgumentError(
                 f"enable({target.__name__}): its sync_session_class is Session itself, so "
                 "this would enable every Session of the process; give it a Session "
                 "subclass of its own, or enable its async_sessionmaker"
             )
-        return target.sync_session_class
+        return cls.sync_session_class
     raise _not_a_session(target)
 
 

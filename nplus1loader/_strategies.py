@@ -95,7 +95,7 @@ class ArmedElement:
         self.underlying = underlying
         self.nested = nested
         self.chunk_size = chunk_size
-        self.local_opts = immutabledict()
+        self.local_opts: immutabledict[str, Any] = immutabledict()
 
     def over(self, replacement: Any) -> ArmedElement:
         """This wildcard again, now on top of ``replacement``: the option a
@@ -279,7 +279,7 @@ class ArmedRelationshipLoader(_compat.LazyLoader):  # type: ignore[misc]
         self._nplus1_mode = RAISE if strategy_key == REL_KEYS[RAISE] else LOAD
         # In raise mode SQLAlchemy's lazy="raise" rules decide *when* to
         # raise (never while flushing or for backref bookkeeping).
-        self._raise_always = self._nplus1_mode == RAISE
+        self._raise_always = self._nplus1_mode == RAISE  # type: ignore[misc]  # LazyLoader's slot
 
     def _invoke_raise_load(self, state: Any, passive: Any, lazy: Any) -> None:
         raise strict_error(state, self.parent_property, RELATIONSHIP)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Connection, Engine, event
 
 __all__ = ["QueryCounter", "count_queries"]
 
@@ -34,7 +34,9 @@ class QueryCounter:
     """
 
     def __init__(self, bind: Any) -> None:
-        self.bind = getattr(bind, "sync_engine", None) or getattr(bind, "sync_connection", bind)
+        self.bind: Engine | Connection = getattr(bind, "sync_engine", None) or getattr(
+            bind, "sync_connection", bind
+        )
         self.statements: list[str] = []
         self._listening = False
 

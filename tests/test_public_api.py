@@ -8,6 +8,7 @@ Adding a public name is a decision: it must be added here too.
 from __future__ import annotations
 
 import importlib
+import logging
 import pickle
 import re
 from importlib import metadata, resources
@@ -39,6 +40,10 @@ PUBLIC = {
     "disabled",
     "enable",
     "stats",
+    # Names for annotations (issue 18).
+    "Mode",
+    "Nplus1Load",
+    "Nplus1Option",
 }
 
 
@@ -52,7 +57,7 @@ def test_each_public_name_is_importable(name: str) -> None:
     namespace: dict[str, object] = {}
     exec(f"from nplus1loader import {name}", namespace)
     assert namespace[name] is getattr(importlib.import_module("nplus1loader"), name)
-    if callable(namespace[name]):
+    if callable(namespace[name]) and name != "Mode":  # a Literal alias has no docstring
         assert (namespace[name].__doc__ or "").strip(), f"{name} has no docstring"
 
 
@@ -159,3 +164,103 @@ def test_works_without_greenlet() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+_BATCH_WITHOUT_LOGGING_SETUP = """
+import logging
+import sys
+
+from sqlalchemy import Column, ForeignKey, Integer, create_engine, select
+from sqlalchemy.orm import DeclarativeBase, Session, relationship
+
+from nplus1loader import nplus1loader
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Parent(Base):
+    __tablename__ = "parent"
+    id = Column(Integer, primary_key=True)
+    children = relationship("Child")
+
+
+class Child(Base):
+    __tablename__ = "child"
+    id = Column(Integer, primary_key=True)
+    parent_id = Column(ForeignKey("parent.id"))
+
+
+if sys.argv[1] == "configured":
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+engine = create_engine("sqlite://")
+Base.metadata.create_all(engine)
+with Session(engine) as session:
+    session.add_all([Parent(id=i, children=[Child(id=i)]) for i in range(1, 4)])
+    session.commit()
+with Session(engine) as session:
+    parents = session.scalars(select(Parent).options(nplus1loader())).all()
+    print([len(p.children) for p in parents])
+"""
+
+
+@pytest.mark.parametrize("setup", ["unconfigured", "configured"])
+def test_batch_log_follows_the_applications_logging_setup(setup: str) -> None:
+    """A library adds a NullHandler and nothing else: an application that
+    never configured logging sees no WARNING on stderr (logging's last-resort
+    handler stays silent), one that did sees the batch's record."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _BATCH_WITHOUT_LOGGING_SETUP, setup],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (done.returncode, done.stdout) == (0, "[1, 1, 1]\n"), done.stderr
+    if setup == "unconfigured":
+        assert done.stderr == ""
+    else:
+        assert re.fullmatch(
+            r"WARNING nplus1loader\.NPlusOneLazyColumnLoader: Parent\.children: N\+1 loading "
+            # Python 3.12 inlines comprehensions: the frame is the module's.
+            r"of 3 instances at \S*<string>:36 in (<listcomp>|<module>)\(\)\n",
+            done.stderr,
+        ), done.stderr
+
+
+def test_package_logger_has_a_null_handler() -> None:
+    handlers = logging.getLogger("nplus1loader").handlers
+    assert [type(h) for h in handlers] == [logging.NullHandler]
+
+
+def test_mode_literal_is_the_modes_the_library_checks() -> None:
+    from typing import get_args
+
+    from nplus1loader._modes import MODES
+
+    assert get_args(nplus1loader.Mode) == MODES == ("load", "warn", "raise")
+
+
+def test_options_are_instances_of_the_public_option_type() -> None:
+    """``Nplus1Option`` is what the options return, so annotations with it
+    are true at run time; ``Nplus1Load`` is SQLAlchemy's ``Load`` itself."""
+    from sqlalchemy.orm import Load, joinedload
+
+    from tests.core_models import User
+
+    options = [
+        nplus1loader.nplus1loader(),
+        nplus1loader.nplus1loader_cols("name"),
+        nplus1loader.nplus1loader_rels(User.articles),
+        nplus1loader.raiseload_all(),
+        nplus1loader.raiseload_col("bio"),
+        nplus1loader.raiseload_rel(),
+        nplus1loader.default_columns(User).nplus1loader(),
+        joinedload(User.articles).raiseload_all(),
+    ]
+    assert [isinstance(o, nplus1loader.Nplus1Option) for o in options] == [True] * 8
+    assert nplus1loader.Nplus1Load is Load
+    assert type(nplus1loader.default_columns(User)) is Load

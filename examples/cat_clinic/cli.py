@@ -178,6 +178,10 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         engine.dispose()
     app = create_app(url)
+    # nplus1loader only adds a NullHandler: print its one line per batch.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("nplus1loader").addHandler(handler)
     app.run(host=args.host, port=args.port, debug=args.debug)
     return 0
 
