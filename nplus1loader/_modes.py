@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from typing import Any
 
 from sqlalchemy.exc import ArgumentError
 
@@ -107,8 +108,10 @@ def warn_at(message: str, site: CallSite | None, pattern: object = None) -> None
         warnings.warn(warning, stacklevel=2)
         return
     module_globals = _globals_of(site)
-    registry = module_globals.setdefault("__warningregistry__", {}) if module_globals else None
-    module = module_globals.get("__name__", "") if module_globals else ""
+    registry: Any = (
+        module_globals.setdefault("__warningregistry__", {}) if module_globals else None
+    )
+    module = str(module_globals.get("__name__", "")) if module_globals else ""
     warnings.warn_explicit(
         warning,
         NPlusOneWarning,
@@ -120,6 +123,6 @@ def warn_at(message: str, site: CallSite | None, pattern: object = None) -> None
     )
 
 
-def _globals_of(site: CallSite) -> dict[str, object] | None:
+def _globals_of(site: CallSite) -> dict[str, Any] | None:
     module = sys.modules.get(site.module) if site.module else None
     return vars(module) if module is not None else None

@@ -92,7 +92,7 @@ def enable(target: T, mode: Mode = "load") -> T:
     return target
 
 
-def enable_every_session(mode: str) -> Callable[[], None]:
+def enable_every_session(mode: Mode) -> Callable[[], None]:
     """:func:`enable` on ``Session`` itself, so every session of the
     process is enabled (the pytest plugin's ``--nplus1-enable``); returns
     what puts the previous setting back.  Sessions and classes enabled

@@ -47,7 +47,7 @@ def stats(session: Any) -> Stats:
     found = sync.info.get(_INFO_KEY)
     if found is None:
         found = sync.info[_INFO_KEY] = Stats()
-    return found  # type: ignore[no-any-return]
+    return found
 
 
 def _is_async_scoped(obj: Any) -> bool:

@@ -29,11 +29,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from . import _modes, _report
+from ._options import Mode
 from ._session import enable_every_session
 from .testing import QueryCounter, count_queries
 
@@ -43,7 +44,7 @@ _ENABLE_HELP = (
     "raise; default warn) and list the N+1 patterns seen at the end"
 )
 _REPORT_HELP = "write the N+1 patterns seen to this JSON file"
-_DEFAULT_ENABLE_MODE = _modes.WARN
+_DEFAULT_ENABLE_MODE: Mode = "warn"
 _PREVIOUS_RUN_MODE = pytest.StashKey[str | None]()
 _PREVIOUS_TEST_MODE = pytest.StashKey[str | None]()
 _RESTORE = pytest.StashKey[list[Callable[[], None]]]()
@@ -101,7 +102,11 @@ def pytest_configure(config: pytest.Config) -> None:
     restore: list[Callable[[], None]] = []
     config.stash[_RESTORE] = restore
     previous_run_mode = _modes.set_forced_mode(_run_mode(config))
-    restore.append(lambda: _modes.set_forced_mode(previous_run_mode))
+
+    def unforce() -> None:
+        _modes.set_forced_mode(previous_run_mode)
+
+    restore.append(unforce)
     enabled = _enable_mode(config)
     config.stash[_ENABLED_MODE] = enabled
     if enabled is not None:
@@ -113,7 +118,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    for undo in reversed(config.stash.get(_RESTORE, [])):
+    undos: list[Callable[[], None]] = config.stash.get(_RESTORE, [])
+    for undo in reversed(undos):
         undo()
     config.stash[_RESTORE] = []
 
@@ -247,10 +253,12 @@ def _run_mode(config: pytest.Config) -> str | None:
     return str(mode)
 
 
-def _enable_mode(config: pytest.Config) -> str | None:
+def _enable_mode(config: pytest.Config) -> Mode | None:
+    """The mode ``--nplus1-enable`` or the ini key asks for (its option has
+    ``choices``; the ini value is checked here)."""
     mode = config.getoption("nplus1_enable")
     if mode:
-        return str(mode)
+        return cast(Mode, str(mode))
     value = str(config.getini("nplus1_enable")).strip().lower()
     if value in ("", "false", "0", "no", "off"):
         return None
@@ -261,4 +269,4 @@ def _enable_mode(config: pytest.Config) -> str | None:
             f"nplus1_enable ini key: expected one of {', '.join(_modes.MODES)}, true or "
             f"false, got {value!r}"
         )
-    return value
+    return cast(Mode, value)
