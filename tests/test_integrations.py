@@ -102,12 +102,13 @@ def seed(session: Any, module: ModuleType) -> None:
 def test_every_documented_snippet_is_tested() -> None:
     text = DOCS.read_text(encoding="utf-8")
     # A Python block without a marker would be run by no test.
-    assert text.count("```python\n") == len(_SNIPPET.findall(text)) == 11
+    assert text.count("```python\n") == len(_SNIPPET.findall(text)) == 12
     assert sorted(snippets()) == [
         "after_commit",
         "asyncio",
         "blog_models",
         "chaining",
+        "configure",
         "enable",
         "fastapi_async",
         "fastapi_models",
@@ -116,6 +117,21 @@ def test_every_documented_snippet_is_tested() -> None:
         "pytest_example",
         "quickstart",
     ]
+
+
+def test_configure_snippet_sets_the_process_wide_settings(tmp_path: Path) -> None:
+    from nplus1loader import _logging, _report
+
+    assert _report.threshold() == 2
+    try:
+        import_snippets(tmp_path, "configure")
+        assert _report.threshold() == 3
+        assert _logging._in_packages("pydantic.main", _logging._skipped_packages)
+        assert not _logging._in_packages("app.views", _logging._skipped_packages)
+    finally:
+        nplus1loader.configure(threshold=2, skip_packages=[])
+    assert _report.threshold() == 2
+    assert not _logging._in_packages("pydantic.main", _logging._skipped_packages)
 
 
 @pytest.fixture
@@ -403,6 +419,7 @@ def test_no_snippet_shadows_the_package_name() -> None:
     assert both == []
     modules = [n for n, s in snippets().items() if "\nimport nplus1loader\n" in f"\n{s}"]
     assert sorted(modules) == [
+        "configure",
         "enable",
         "fastapi_async",
         "fastapi_sync",

@@ -99,7 +99,7 @@ def test_a_commit_makes_every_armed_instance_a_candidate_again(
 ) -> None:
     users = page(session, 1, 30)
     stock = stock_titles(engine, 1, 30)
-    assert [len(u.articles) for u in users] == [len(t) for t in stock.values()]
+    assert [len(u.articles) for u in users] == [len(stock[u.id]) for u in users]
     session.commit()
     with count_queries() as queries:
         titles = {u.id: [a.title for a in u.articles] for u in users}
