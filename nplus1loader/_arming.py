@@ -203,17 +203,13 @@ def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any
     stamped_alike = profile_verdicts(lambda other: _arm_alike(other, profile))
     registry = registry_of(context.session)
     # What the registry logs each armed instance under: known at the first
-    # row, when the loaders are complete.  Each execution starts a run.
+    # row, when the loaders are complete.
     marks: list[Marks] = []
 
-    def enlist(state: InstanceState[Any], dict_: Any) -> None:
+    def enlist(state: InstanceState[Any]) -> None:
         if not marks:
             marks.append(profile.marks)
-            registry.begin(marks[0])
-        elif registry.run is not marks[0]:
-            # Another profile's rows came in between (a joined entity).
-            registry.begin(marks[0])
-        registry.log.append(state)
+        registry.enlist(state, marks[0])
 
     def share() -> bool:
         if owner is None:
@@ -234,7 +230,7 @@ def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any
                     delattr(state, profile_key)
                 if hooks:
                     _install_hooks(state, dict_, hooks)
-                enlist(state, dict_)
+                enlist(state)
                 return
         elif (
             getattr(state, profile_key, None) is None
@@ -245,7 +241,7 @@ def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any
             # (another chunk of the same batch load, say): nothing changes.
             if hooks:
                 _install_hooks(state, dict_, hooks)
-            enlist(state, dict_)
+            enlist(state)
             return
         elif profile.refresh_mode is None and all(key in dict_ for key in loaders):
             # No anchor (raiseload_rel()) and nothing left unloaded here:
@@ -271,7 +267,7 @@ def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any
                     del callables[key]
         if hooks:
             _install_hooks(state, dict_, hooks)
-        enlist(state, dict_)
+        enlist(state)
 
     return arm
 

@@ -35,7 +35,7 @@ from ._keys import DEFAULT_CHUNK_SIZE
 from ._logging import find_call_site, log_batch
 from ._modes import RAISE, WARN, effective_mode, warn_at
 from ._peers import same_load
-from ._registry import drop_settled, registry_of
+from ._registry import registry_of
 from ._report import EXPIRED, Pattern, fix_for, loading_for, record, threshold
 from ._stats import record_batch
 from .exc import LazyLoadingAttributeError
@@ -153,7 +153,7 @@ class BatchRefresh:
                 profile.chunk_size,
                 autoflush=not passive & PassiveFlag.NO_AUTOFLUSH,
             )
-        drop_settled(registry_of(session).bucket(mapper, expired=True), peers)
+        registry_of(session).drop_settled(mapper, peers, expired=True)
         if touched is None:
             touched = _compat.refresh_trigger(state)[0]
         touched = touched or columns[0]

@@ -28,7 +28,7 @@ from ._batch import (
 )
 from ._logging import find_call_site, log_batch
 from ._modes import LOAD, RAISE, WARN, effective_mode, warn_at
-from ._registry import drop_settled, registry_of
+from ._registry import registry_of
 from ._report import (
     COLUMN,
     RELATIONSHIP,
@@ -175,7 +175,7 @@ class ArmedLoader:
             )
         # Reported once the batch has run: a batch that failed (a lost
         # connection, MissingGreenlet under asyncio) loaded nothing.
-        drop_settled(registry_of(session).bucket(self.prop), peers)
+        registry_of(session).drop_settled(self.prop, peers)
         record_batch(session, len(peers), batch.statements, batch.stock)
         log_batch(model, self.key, len(peers), site, pattern.log_fields() if pattern else None)
         if mode == WARN and pattern is not None:

@@ -91,22 +91,32 @@ class Candidates(dict[InstanceState[Any], None]):
         self.session_key = session_key
         self.key = key
 
+    def settled(self, state: InstanceState[Any]) -> bool:
+        """Whether ``state`` no longer needs what this bucket is for."""
+        key = self.key
+        return key in state.dict if key is not None else not state.expired_attributes
+
     def live(self) -> list[InstanceState[Any]]:
         """The candidates that still qualify; the others are dropped."""
         session_key = self.session_key
-        key = self.key
+        settled = self.settled
         live: list[InstanceState[Any]] = []
         gone: list[InstanceState[Any]] = []
         for state in self:
-            if not _in_session(state, session_key) or (
-                key in state.dict if key is not None else not state.expired_attributes
-            ):
+            if not _in_session(state, session_key) or settled(state):
                 gone.append(state)
             else:
                 live.append(state)
         for state in gone:
             del self[state]
         return live
+
+    def drop_settled(self, states: list[InstanceState[Any]]) -> None:
+        """After a batch: forget the states it settled, at once, rather than
+        holding them until the next scan."""
+        for state in states:
+            if self.settled(state):
+                self.pop(state, None)
 
 
 def _in_session(state: InstanceState[Any], session_key: int) -> bool:
@@ -148,32 +158,32 @@ class Registry:
         self.lacking: dict[Any, Candidates] = {}
         self.expired: dict[Any, Candidates] = {}
 
-    def begin(self, marks: Marks) -> None:
-        """Start a run of instances armed alike; the caller appends them to
-        ``log`` while ``run is marks``."""
+    def enlist(self, state: InstanceState[Any], marks: Marks) -> None:
+        """Log ``state``, armed for ``marks`` (by a query's row, or again
+        after an expire took attributes from it)."""
+        if self.run is not marks or len(self.log) > self.limit:
+            self._begin(marks)
+        self.log.append(state)
+
+    def _begin(self, marks: Marks) -> None:
+        """Start a run of instances armed alike (compacting first when the
+        log has doubled)."""
         if len(self.log) > self.limit:
             self._compact()
         self.run_starts.append(len(self.log))
         self.run_marks.append(marks)
         self.run = marks
 
-    def enlist(self, state: InstanceState[Any], marks: Marks) -> None:
-        """Log ``state`` again (an expire took attributes from it)."""
-        if self.run is not marks or len(self.log) > self.limit:
-            self.begin(marks)
-        self.log.append(state)
-
     def lacking_candidates(self, prop: Any) -> list[InstanceState[Any]]:
         """The instances armed for ``prop`` that still lack it."""
         bucket = self.lacking.get(prop)
         if bucket is None:
             bucket = self.lacking[prop] = Candidates(self.session_key, prop.key)
-        key = prop.key
         self._sort(
             prop,
             bucket,
             lambda marks: prop in marks.props,
-            lambda state: key not in state.dict,
+            lambda state: not bucket.settled(state),
         )
         return bucket.live()
 
@@ -187,12 +197,18 @@ class Registry:
             ("expired", mapper),
             bucket,
             lambda marks: marks.refresh,
-            lambda state: state.manager.mapper is mapper and bool(state.expired_attributes),
+            lambda state: state.manager.mapper is mapper and not bucket.settled(state),
         )
         return bucket.live()
 
-    def bucket(self, prop_or_mapper: Any, *, expired: bool = False) -> Candidates | None:
-        return (self.expired if expired else self.lacking).get(prop_or_mapper)
+    def drop_settled(
+        self, prop_or_mapper: Any, states: list[InstanceState[Any]], *, expired: bool = False
+    ) -> None:
+        """After a batch of ``prop`` (or a refresh of ``mapper``'s expired
+        columns): forget the states it settled."""
+        bucket = (self.expired if expired else self.lacking).get(prop_or_mapper)
+        if bucket is not None:
+            bucket.drop_settled(states)
 
     def _sort(
         self,
@@ -273,14 +289,3 @@ def registry_of(session: Any) -> Registry:
     if found is None:
         found = _registries[identity_map] = Registry(session.hash_key)
     return found
-
-
-def drop_settled(bucket: Candidates | None, states: list[InstanceState[Any]]) -> None:
-    """After a batch: forget the states it settled, at once, rather than
-    holding them until the next scan."""
-    if bucket is None:
-        return
-    key = bucket.key
-    for state in states:
-        if key in state.dict if key is not None else not state.expired_attributes:
-            bucket.pop(state, None)
