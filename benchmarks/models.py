@@ -67,3 +67,18 @@ class Parent(Base):
     owner: Mapped[Owner] = relationship()
     children: Mapped[list[Child]] = relationship()
     tags: Mapped[list[Tag]] = relationship(secondary=parent_tag)
+
+
+class Filler(Base):
+    """The unrelated rows of the long-session scenario (``paging``): armed
+    by their query (a deferred column and a many-to-one to arm), never
+    touched.  Mapped here, not in ``paging``, so that every entry point's
+    ``drop_all`` knows the table (its foreign key blocks dropping
+    ``bench_owner`` otherwise)."""
+
+    __tablename__ = "bench_filler"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(50))
+    note: Mapped[str] = mapped_column(Text, deferred=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("bench_owner.id"))
+    owner: Mapped[Owner] = relationship()

@@ -26,28 +26,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, ForeignKey, Integer, String, Text, func, insert, select
-from sqlalchemy.orm import Mapped, Session, mapped_column, relationship, selectinload
+from sqlalchemy import Engine, func, insert, select
+from sqlalchemy.orm import Session, selectinload
 
 from nplus1loader import nplus1loader
 
-from .models import Base, Owner, Parent
+from .models import Filler, Owner, Parent
 
 PAGE = 100
 PAGED_PARENTS = 5000
 FILLERS = (0, 100_000, 1_000_000)
-
-
-class Filler(Base):
-    """The unrelated rows: armed by their query (a deferred column and a
-    many-to-one to arm), never touched."""
-
-    __tablename__ = "bench_filler"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    name: Mapped[str] = mapped_column(String(50))
-    note: Mapped[str] = mapped_column(Text, deferred=True)
-    owner_id: Mapped[int] = mapped_column(ForeignKey("bench_owner.id"))
-    owner: Mapped[Owner] = relationship()
 
 
 @dataclass
