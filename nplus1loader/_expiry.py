@@ -153,7 +153,7 @@ class BatchRefresh:
                 profile.chunk_size,
                 autoflush=not passive & PassiveFlag.NO_AUTOFLUSH,
             )
-        registry_of(session).drop_settled(mapper, peers, expired=True)
+        registry_of(session).drop_batched(mapper, peers, expired=True)
         if touched is None:
             touched = _compat.refresh_trigger(state)[0]
         touched = touched or columns[0]
@@ -256,13 +256,26 @@ def expired_peers(
             and not (profile.strict_refresh and effective_mode(profile.refresh_mode) == RAISE)
         )
     )
+    profile_key = _compat.PROFILE_KEY
+    # As in armed_peers: one execution's instances share a stamp, judged once.
+    last_stamp: tuple[Any, Any] = (None, None)
+    last_verdict = False
     peers = [trigger]
     for state in registry_of(session).expired_candidates(mapper):
-        if state is trigger or not refreshes(state):
+        if state is trigger:
+            continue
+        if getattr(state, profile_key, None) is None:
+            options, path = state.load_options, state.load_path
+            if options is not last_stamp[0] or path is not last_stamp[1]:
+                last_stamp = (options, path)
+                last_verdict = refreshes(state) and loads_alike(state)
+            if not last_verdict:
+                continue
+        elif not refreshes(state) or not loads_alike(state):
+            continue
+        if state.identity_token != token:
             continue
         expired = state.expired_attributes
-        if state.identity_token != token or not loads_alike(state):
-            continue
         unchanged_alike = shortcut and expired == trigger_expired and not state.committed_state
         if unchanged_alike or _loadable_expired(state) == wanted:
             peers.append(state)

@@ -175,7 +175,7 @@ class ArmedLoader:
             )
         # Reported once the batch has run: a batch that failed (a lost
         # connection, MissingGreenlet under asyncio) loaded nothing.
-        registry_of(session).drop_settled(self.prop, peers)
+        registry_of(session).drop_batched(self.prop, peers)
         record_batch(session, len(peers), batch.statements, batch.stock)
         log_batch(model, self.key, len(peers), site, pattern.log_fields() if pattern else None)
         if mode == WARN and pattern is not None:
@@ -316,13 +316,29 @@ def armed_peers(
 
     armed_by_profile = profile_verdicts(profile_batches)
     loads_alike = same_load(trigger)
+    profile_key = _compat.PROFILE_KEY
+    # The instances one execution armed share one stamp (load options, load
+    # path, mapper) and are logged together: the verdict on the previous
+    # state's stamp settles the next one's by identity, without a call.
+    last_stamp: tuple[Any, Any, Any] = (None, None, None)
+    last_verdict = False
     peers = [trigger]
     for state in registry_of(session).lacking_candidates(prop):
         if state is trigger:
             continue
         callables = state.callables
         hook = callables.get(key) if callables else None
-        if not (armed_by_profile(state) if hook is None else batches(hook)):
+        if hook is None and getattr(state, profile_key, None) is None:
+            options, path, manager = state.load_options, state.load_path, state.manager
+            stamp = last_stamp
+            if options is not stamp[0] or path is not stamp[1] or manager is not stamp[2]:
+                last_stamp = (options, path, manager)
+                last_verdict = armed_by_profile(state) and loads_alike(state)
+            if not last_verdict:
+                continue
+        elif not (armed_by_profile(state) if hook is None else batches(hook)) or not (
+            loads_alike(state)
+        ):
             continue
         committed = state.committed_state
         if committed and (
@@ -334,7 +350,7 @@ def armed_peers(
             if not all(k in dict_ for k in join_keys):
                 # Expired or deferred: stock would read (refresh) it first.
                 continue
-        if state.identity_token != token or not loads_alike(state):
+        if state.identity_token != token:
             continue
         peers.append(state)
     return peers

@@ -24,7 +24,9 @@ So each logged instance is looked at once per attribute that is touched,
 and a scan costs the batch it finds plus what was armed or loaded since
 the last one, never the session.  The log holds states, not objects (an
 ``InstanceState`` refers to its object weakly); whenever it doubles it is
-compacted, dropping instances that left the session and repeats, so memory
+compacted, dropping instances that left the session and repeats, unless a
+count at C speed shows that would drop less than a quarter (a session that
+only grows: one big query, a worker keeping its pages), so memory
 stays within a small multiple of what is alive.  A new identity map
 (``expunge_all()``, ``close()``) starts a new registry.
 
@@ -41,6 +43,7 @@ from bisect import bisect_right
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy.orm.attributes import instance_dict
 from sqlalchemy.orm.state import InstanceState
 
 from . import _compat
@@ -84,26 +87,36 @@ class Candidates(dict[InstanceState[Any], None]):
     (a state qualifies while it has expired attributes).
     """
 
-    __slots__ = ("key", "session_key")
+    __slots__ = ("key", "mapper", "session_key")
 
-    def __init__(self, session_key: int, key: str | None) -> None:
+    def __init__(self, session_key: int, key: str | None, mapper: Any = None) -> None:
         super().__init__()
         self.session_key = session_key
         self.key = key
-
-    def settled(self, state: InstanceState[Any]) -> bool:
-        """Whether ``state`` no longer needs what this bucket is for."""
-        key = self.key
-        return key in state.dict if key is not None else not state.expired_attributes
+        #: For expired columns: the one mapper whose instances qualify.
+        self.mapper = mapper
 
     def live(self) -> list[InstanceState[Any]]:
-        """The candidates that still qualify; the others are dropped."""
+        """The candidates that still qualify; the others are dropped: gone,
+        out of the session, deleted, or settled (the attribute is there; no
+        column is expired any more), or of another mapper.  Written out, not
+        as calls: this loop runs once per candidate of every batch."""
         session_key = self.session_key
-        settled = self.settled
+        key = self.key
+        mapper = self.mapper
+        is_deleted = _compat.is_deleted
         live: list[InstanceState[Any]] = []
         gone: list[InstanceState[Any]] = []
         for state in self:
-            if not _in_session(state, session_key) or settled(state):
+            obj = state.obj()
+            if (
+                obj is None
+                or state.session_id != session_key
+                or state.key is None
+                or (key in instance_dict(obj) if key is not None else not state.expired_attributes)
+                or (mapper is not None and state.manager.mapper is not mapper)
+                or is_deleted(state)
+            ):
                 gone.append(state)
             else:
                 live.append(state)
@@ -111,12 +124,14 @@ class Candidates(dict[InstanceState[Any], None]):
             del self[state]
         return live
 
-    def drop_settled(self, states: list[InstanceState[Any]]) -> None:
-        """After a batch: forget the states it settled, at once, rather than
-        holding them until the next scan."""
+    def drop(self, states: list[InstanceState[Any]]) -> None:
+        """After a batch: forget the states it took, at once, rather than
+        sorting them out at the next scan.  Those it loaded are settled;
+        one it found no row for (deleted behind the session) loads alone
+        on its own touch, as stock does, and raises as stock does."""
+        pop = self.pop
         for state in states:
-            if self.settled(state):
-                self.pop(state, None)
+            pop(state, None)
 
 
 def _in_session(state: InstanceState[Any], session_key: int) -> bool:
@@ -135,6 +150,7 @@ class Registry:
     __slots__ = (
         "cursors",
         "expired",
+        "identity_map",
         "lacking",
         "limit",
         "log",
@@ -144,8 +160,10 @@ class Registry:
         "session_key",
     )
 
-    def __init__(self, session_key: int) -> None:
+    def __init__(self, session_key: int, identity_map: Any) -> None:
         self.session_key = session_key
+        #: Weakly: the registry is kept *by* the identity map.
+        self.identity_map: weakref.ref[Any] = weakref.ref(identity_map)
         #: Armed instances, in runs: run i starts at run_starts[i].
         self.log: list[InstanceState[Any]] = []
         self.run_starts: list[int] = []
@@ -167,9 +185,16 @@ class Registry:
 
     def _begin(self, marks: Marks) -> None:
         """Start a run of instances armed alike (compacting first when the
-        log has doubled)."""
+        log has doubled and compaction would drop a quarter of it)."""
         if len(self.log) > self.limit:
-            self._compact()
+            most_kept = self._most_kept()
+            if 4 * most_kept > 3 * len(self.log):
+                # A session that only grows (one big query, a paging worker
+                # keeping its pages) has little to drop: do not walk it
+                # yet, but hold the log to twice what may be alive.
+                self.limit = max(_MIN_COMPACT, 2 * most_kept)
+            else:
+                self._compact()
         self.run_starts.append(len(self.log))
         self.run_marks.append(marks)
         self.run = marks
@@ -179,12 +204,7 @@ class Registry:
         bucket = self.lacking.get(prop)
         if bucket is None:
             bucket = self.lacking[prop] = Candidates(self.session_key, prop.key)
-        self._sort(
-            prop,
-            bucket,
-            lambda marks: prop in marks.props,
-            lambda state: not bucket.settled(state),
-        )
+        self._sort(prop, bucket, lambda marks: prop in marks.props)
         return bucket.live()
 
     def expired_candidates(self, mapper: Any) -> list[InstanceState[Any]]:
@@ -192,31 +212,23 @@ class Registry:
         whose profile refreshes them."""
         bucket = self.expired.get(mapper)
         if bucket is None:
-            bucket = self.expired[mapper] = Candidates(self.session_key, None)
-        self._sort(
-            ("expired", mapper),
-            bucket,
-            lambda marks: marks.refresh,
-            lambda state: state.manager.mapper is mapper and not bucket.settled(state),
-        )
+            bucket = self.expired[mapper] = Candidates(self.session_key, None, mapper)
+        self._sort(("expired", mapper), bucket, lambda marks: marks.refresh)
         return bucket.live()
 
-    def drop_settled(
+    def drop_batched(
         self, prop_or_mapper: Any, states: list[InstanceState[Any]], *, expired: bool = False
     ) -> None:
         """After a batch of ``prop`` (or a refresh of ``mapper``'s expired
-        columns): forget the states it settled."""
+        columns): forget the states it took (:meth:`Candidates.drop`)."""
         bucket = (self.expired if expired else self.lacking).get(prop_or_mapper)
         if bucket is not None:
-            bucket.drop_settled(states)
+            bucket.drop(states)
 
-    def _sort(
-        self,
-        cursor_key: Any,
-        bucket: Candidates,
-        wants: Callable[[Marks], bool],
-        qualifies: Callable[[InstanceState[Any]], bool],
-    ) -> None:
+    def _sort(self, cursor_key: Any, bucket: Candidates, wants: Callable[[Marks], bool]) -> None:
+        """Add to ``bucket`` the instances logged since its cursor in runs
+        whose marks it ``wants``, in one C-level step per run: which of them
+        still qualify is :meth:`Candidates.live`'s one test."""
         log = self.log
         start = self.cursors.get(cursor_key, 0)
         end = len(log)
@@ -228,11 +240,17 @@ class Registry:
             run_start = starts[run]
             run_end = starts[run + 1] if run + 1 < len(starts) else end
             if wants(self.run_marks[run]):
-                for state in log[max(start, run_start) : run_end]:
-                    if qualifies(state):
-                        bucket[state] = None
+                bucket.update(dict.fromkeys(log[max(start, run_start) : run_end]))
             run += 1
         self.cursors[cursor_key] = end
+
+    def _most_kept(self) -> int:
+        """An upper bound of what :meth:`_compact` keeps, at C speed: no
+        more distinct states than the log holds, nor than the identity map
+        still holds (its objects die out of it, as they leave the session)."""
+        identity_map = self.identity_map()
+        in_session = len(identity_map) if identity_map is not None else 0
+        return min(len(set(self.log)), in_session)
 
     def _compact(self) -> None:
         """Drop from the log what left the session and what a later entry
@@ -287,5 +305,5 @@ def registry_of(session: Any) -> Registry:
     identity_map = session.identity_map
     found = _registries.get(identity_map)
     if found is None:
-        found = _registries[identity_map] = Registry(session.hash_key)
+        found = _registries[identity_map] = Registry(session.hash_key, identity_map)
     return found

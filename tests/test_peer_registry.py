@@ -19,7 +19,7 @@ from sqlalchemy import Engine, inspect, select
 from sqlalchemy.orm import Session
 
 from nplus1loader import nplus1loader
-from nplus1loader._registry import Candidates, registry_of
+from nplus1loader._registry import Candidates, Registry, registry_of
 from tests.core_models import Article, Comment, Group, User, seed
 
 USERS = 60
@@ -153,6 +153,43 @@ def test_the_log_holds_no_instance_the_user_dropped(
     # Touching one: the batch is the 10 alive, in one query.
     assert [len(u.articles) for u in kept] == [u.id % 4 for u in kept]
     assert registry.lacking_candidates(User.articles.property) == []
+
+
+def test_a_session_that_only_grows_is_never_compacted(
+    session: Session, engine: Engine, monkeypatch: pytest.MonkeyPatch, count_queries: Any
+) -> None:
+    """One big query, or pages that are all kept, leave nothing to drop:
+    the log passes its limit without being walked (compaction is for
+    instances gone and repeats), and stays within twice what is alive."""
+    monkeypatch.setattr("nplus1loader._registry._MIN_COMPACT", 8)
+    compactions: list[int] = []
+    compact = Registry._compact
+
+    def counting(self: Registry) -> None:
+        compactions.append(len(self.log))
+        compact(self)
+
+    monkeypatch.setattr(Registry, "_compact", counting)
+    kept = [user for lo in range(1, USERS + 1, 10) for user in page(session, lo, lo + 9)]
+    registry = registry_of(session)
+    assert compactions == []
+    assert registry.log == [inspect(user) for user in kept]
+    assert registry.limit <= 2 * len(kept)
+    with count_queries() as queries:
+        titles = {u.id: [a.title for a in u.articles] for u in kept}
+    assert queries.count == 1
+    assert titles == stock_titles(engine, 1, USERS)
+    # The batch armed the articles it brought in: still only growth.
+    assert compactions == []
+    logged = len(registry.log)
+    assert logged > USERS
+    # Once most of them are gone, the next growth compacts.
+    del kept
+    gc.collect()
+    again = page(session, 1, 10)
+    assert len(compactions) == 1
+    assert compactions[0] > logged
+    assert registry.log == [inspect(user) for user in again]
 
 
 def test_every_commit_logs_again_without_growing_for_ever(
