@@ -8,8 +8,6 @@ an nplus1 option, or under a raiseload option, are left alone.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, load_only, selectinload, undefer
@@ -33,13 +31,6 @@ from tests.core_models import (
     stock,
     touch_all,
 )
-
-
-@pytest.fixture
-def session(engine: Engine) -> Iterator[Session]:
-    seed(engine)
-    with Session(engine) as session:
-        yield session
 
 
 @pytest.mark.parametrize(

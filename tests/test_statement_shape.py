@@ -10,7 +10,7 @@ SQLAlchemy executed, and the parameters, of every statement a loop sends.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,16 +20,9 @@ from sqlalchemy.orm import Session
 from nplus1loader import nplus1loader
 from nplus1loader._keys import IntegerArrayLiteral
 from tests._db import QueryCounter, keys_sent
-from tests.core_models import Article, User, seed
+from tests.core_models import Article, User
 
 CHUNK = 2  # six users: chunks of 2, 2 and 2 (or shorter) for every shape
-
-
-@pytest.fixture
-def session(engine: Engine) -> Iterator[Session]:
-    seed(engine, users=6)
-    with Session(engine) as session:
-        yield session
 
 
 def _users(session: Session) -> list[User]:
