@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -323,6 +324,9 @@ class Recorded:
     statement: str
     parameters: Any
     compiled: Any
+    label: Any
+    """Who sent it: the thread id unless the counter was given ``label=``
+    (an asyncio task's context variable, say)."""
 
 
 class QueryCounter(testing.QueryCounter):
@@ -345,9 +349,16 @@ class QueryCounter(testing.QueryCounter):
     keeps each statement's line breaks.
     """
 
-    def __init__(self, engine: Any, *, at_most: int | None = None) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        *,
+        at_most: int | None = None,
+        label: Callable[[], Any] = threading.get_ident,
+    ) -> None:
         super().__init__(engine, at_most=at_most)
         self.entries: list[Recorded] = []
+        self.label = label
 
     @property
     def engine(self) -> Any:
@@ -364,7 +375,13 @@ class QueryCounter(testing.QueryCounter):
         executemany: bool = False,
     ) -> None:
         super()._record(conn, cursor, statement)
-        self.entries.append(Recorded(statement, parameters, getattr(context, "compiled", None)))
+        compiled = getattr(context, "compiled", None)
+        self.entries.append(Recorded(statement, parameters, compiled, self.label()))
+
+    def count_for(self, label: Any) -> int:
+        """How many statements the sender ``label`` (a thread id by default)
+        sent so far: concurrency tests measure each thread on one counter."""
+        return sum(1 for entry in list(self.entries) if entry.label == label)
 
     def start(self) -> QueryCounter:
         self.__enter__()
