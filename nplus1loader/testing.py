@@ -7,6 +7,9 @@ every N+1 regression test.  Public, and usable without pytest::
         render_authors_page(session)
     q.assert_count(2)  # or: assert q.count == 2
 
+    with count_queries(engine, at_most=3):  # like django_assert_max_num_queries
+        render_authors_page(session)
+
 The pytest plugin serves the same function as the ``nplus1_count_queries``
 fixture (and as ``count_queries`` where a project has no fixture of that
 name).
@@ -33,7 +36,8 @@ class QueryCounter:
     measured too.
     """
 
-    def __init__(self, bind: Any) -> None:
+    def __init__(self, bind: Any, *, at_most: int | None = None) -> None:
+        self.at_most = at_most
         self.bind: Engine | Connection = getattr(bind, "sync_engine", None) or getattr(
             bind, "sync_connection", bind
         )
@@ -60,27 +64,49 @@ class QueryCounter:
         if self._listening:
             event.remove(self.bind, "before_cursor_execute", self._record)
             self._listening = False
+        # A block that raised is reported by its own exception; a ceiling
+        # failure on top would hide the cause.
+        if exc_type is None and self.at_most is not None:
+            self.assert_at_most(self.at_most)
 
     def _record(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         self.statements.append(statement)
+
+    def _listing(self) -> str:
+        return (
+            "\n".join(
+                f"{number:>3}. {' '.join(sql.split())}"
+                for number, sql in enumerate(self.statements, start=1)
+            )
+            or "  (none)"
+        )
 
     def assert_count(self, expected: int) -> None:
         """Raise ``AssertionError`` unless exactly ``expected`` statements
         ran; the message lists them, which is what one needs to fix it."""
         if self.count != expected:
-            listing = "\n".join(
-                f"{number:>3}. {' '.join(sql.split())}"
-                for number, sql in enumerate(self.statements, start=1)
-            )
             raise AssertionError(
-                f"expected {expected} statements, got {self.count}:\n{listing or '  (none)'}"
+                f"expected {expected} statements, got {self.count}:\n{self._listing()}"
+            )
+
+    def assert_at_most(self, limit: int) -> None:
+        """Raise ``AssertionError`` if more than ``limit`` statements ran,
+        listing them.  For pages whose exact count legitimately varies
+        (a cache, a database's own round trips) but must stay bounded:
+        the N+1 regression it guards against grows with the rows."""
+        if self.count > limit:
+            raise AssertionError(
+                f"expected at most {limit} statements, got {self.count}:\n{self._listing()}"
             )
 
     def __repr__(self) -> str:
         return f"<QueryCounter count={self.count}>"
 
 
-def count_queries(bind: Any) -> QueryCounter:
+def count_queries(bind: Any, *, at_most: int | None = None) -> QueryCounter:
     """A context manager counting the statements ``bind`` (an ``Engine``,
-    ``Connection``, ``AsyncEngine`` or ``AsyncConnection``) sends in a block."""
-    return QueryCounter(bind)
+    ``Connection``, ``AsyncEngine`` or ``AsyncConnection``) sends in a block.
+
+    With ``at_most``, leaving the block asserts the ceiling
+    (``assert_at_most``) unless the block raised."""
+    return QueryCounter(bind, at_most=at_most)

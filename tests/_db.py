@@ -7,24 +7,31 @@ Test modules import what they need from here::
 and get engines through the fixtures in ``tests/conftest.py`` (``engine``,
 ``db_name``, ``count_queries``, ``engine_registry``).
 
-Everything here is plain SQLAlchemy; nothing imports ``nplus1loader``, so the
-infrastructure can be tested (and trusted) on its own.
+Everything here is plain SQLAlchemy.  The one import from the package is
+``nplus1loader.testing``, itself plain SQLAlchemy (an event listener and a
+list): the suite's statement recorder is built on the public
+``QueryCounter`` so that the counter users rely on is the one every count
+here goes through, and the infrastructure can still be tested (and trusted)
+without the loader.
 """
 
 from __future__ import annotations
 
 import gc
 import os
+import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, NoReturn
 
 import pytest
 from sqlalchemy import Engine, MetaData, create_engine, event, inspect, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import OperationalError
+
+from nplus1loader import testing
 
 #: Backend keys, in the order tests are parametrized.
 BACKENDS: tuple[str, ...] = ("sqlite", "postgresql", "mysql")
@@ -308,68 +315,100 @@ def keys_sent(value: Any) -> int | None:
     return None
 
 
-class QueryCounter:
-    """Records every SQL statement an Engine sends to the database.
+@dataclass(frozen=True)
+class Recorded:
+    """One round trip as the cursor saw it: the SQL text, its parameters,
+    and the compiled construct it came from (None for ``text()``-less driver
+    statements), for the tests that need more than the text."""
+
+    statement: str
+    parameters: Any
+    compiled: Any
+    label: Any
+    """Who sent it: the thread id unless the counter was given ``label=``
+    (an asyncio task's context variable, say)."""
+
+
+class QueryCounter(testing.QueryCounter):
+    """The suite's one statement recorder: the public
+    ``nplus1loader.testing.QueryCounter`` plus what tests of the package need
+    beyond statement text.
 
     ::
 
         with QueryCounter(engine) as q:
             ...
-        assert q.count == 2
-        q.assert_count(2)  # same, with the statements in the failure message
+        q.assert_count(2)     # the statements listed in the failure message
+        q.assert_at_most(2)
+        q.entries[0].parameters, q.keys_per_statement()
 
-    Listens to ``before_cursor_execute``, so it counts round trips: one per
-    ``cursor.execute()``/``executemany()``, including statements on
-    connections that were checked out before the block began.  An
-    ``AsyncEngine`` is accepted too (its ``sync_engine`` is used).
+    Built on the public class so that the counter users are told to trust is
+    the one every count in this suite goes through.  It adds ``start``/
+    ``stop``/``reset`` for counters that span several blocks, ``entries``
+    (parameters and compiled construct per statement) and a listing that
+    keeps each statement's line breaks.
     """
 
-    def __init__(self, engine: Any) -> None:
-        self.engine: Engine = getattr(engine, "sync_engine", engine)
-        self.statements: list[str] = []
-        self._listening = False
+    def __init__(
+        self,
+        engine: Any,
+        *,
+        at_most: int | None = None,
+        label: Callable[[], Any] = threading.get_ident,
+    ) -> None:
+        super().__init__(engine, at_most=at_most)
+        self.entries: list[Recorded] = []
+        self.label = label
 
     @property
-    def count(self) -> int:
-        """Number of statements recorded so far."""
-        return len(self.statements)
+    def engine(self) -> Any:
+        """The sync ``Engine`` or ``Connection`` listened to."""
+        return self.bind
 
     def _record(
         self,
         conn: Connection,
         cursor: Any,
         statement: str,
-        parameters: Any,
-        context: Any,
-        executemany: bool,
+        parameters: Any = None,
+        context: Any = None,
+        executemany: bool = False,
     ) -> None:
-        self.statements.append(statement)
+        super()._record(conn, cursor, statement)
+        compiled = getattr(context, "compiled", None)
+        self.entries.append(Recorded(statement, parameters, compiled, self.label()))
+
+    def count_for(self, label: Any) -> int:
+        """How many statements the sender ``label`` (a thread id by default)
+        sent so far: concurrency tests measure each thread on one counter."""
+        return sum(1 for entry in list(self.entries) if entry.label == label)
 
     def start(self) -> QueryCounter:
-        if not self._listening:
-            event.listen(self.engine, "before_cursor_execute", self._record)
-            self._listening = True
+        self.__enter__()
         return self
 
     def stop(self) -> None:
-        if self._listening:
-            event.remove(self.engine, "before_cursor_execute", self._record)
-            self._listening = False
+        self.__exit__(None, None, None)
+
+    def __enter__(self) -> QueryCounter:
+        super().__enter__()
+        return self
 
     def reset(self) -> None:
         """Forget the statements recorded so far (keeps listening)."""
         self.statements.clear()
+        self.entries.clear()
 
-    def __enter__(self) -> QueryCounter:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def keys_per_statement(self) -> list[int]:
+        """The number of keys each statement sent: an expanded ``IN`` list
+        has one parameter per instance, PostgreSQL's ``= ANY(:keys)`` one
+        array of them (or its literal); either way this shows a chunk's size."""
+        sizes = []
+        for entry in self.entries:
+            params = entry.parameters
+            values = params.values() if isinstance(params, dict) else params
+            sizes.append(sum(keys_sent(v) or 1 for v in values))
+        return sizes
 
     def format_statements(self) -> str:
         """The recorded statements, numbered, one block per statement."""
@@ -379,12 +418,8 @@ class QueryCounter:
             lines.append(f"{number:>3}. {body}")
         return "\n".join(lines) if lines else "  (none)"
 
-    def assert_count(self, expected: int) -> None:
-        """Raise AssertionError listing the statements unless exactly ``expected`` ran."""
-        if self.count != expected:
-            raise AssertionError(
-                f"expected {expected} statements, got {self.count}:\n{self.format_statements()}"
-            )
+    def _listing(self) -> str:
+        return self.format_statements()
 
     def __repr__(self) -> str:
         return f"<QueryCounter count={self.count} listening={self._listening}>"

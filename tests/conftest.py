@@ -39,6 +39,7 @@ from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
 from tests._db import (
     BACKENDS,
@@ -168,6 +169,25 @@ def engine(db_name: str, engine_registry: EngineRegistry) -> Iterator[Engine]:
     checkedout = getattr(engine.pool, "checkedout", None)
     if checkedout is not None and checkedout() > 0:
         gc.collect()
+
+
+@pytest.fixture
+def seed_users() -> int:
+    """How many users ``session`` seeds; a module that needs another number
+    overrides this fixture rather than the whole ``session``."""
+    return 6
+
+
+@pytest.fixture
+def session(engine: Engine, seed_users: int) -> Iterator[Session]:
+    """A Session on ``engine`` over the ``tests.core_models`` data, seeded
+    afresh: the fixture the loading tests share (one definition, not one per
+    module).  Modules with models of their own define their own ``session``."""
+    from tests.core_models import seed  # here: its models load only where used
+
+    seed(engine, users=seed_users)
+    with Session(engine) as session:
+        yield session
 
 
 @pytest.fixture

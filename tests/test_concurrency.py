@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import math
 import threading
-from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, ForeignKey, String, event, insert, select
+from sqlalchemy import Engine, ForeignKey, String, insert, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, deferred, mapped_column, relationship
 
 import nplus1loader
 from nplus1loader import LazyLoadingAttributeError, raiseload_all
 from nplus1loader import nplus1loader as nplus1
-from tests._db import setup_schema
+from tests._db import QueryCounter, setup_schema
 
 
 class Base(DeclarativeBase):
@@ -132,10 +131,7 @@ def run_threads(target: Callable[[int], None]) -> None:
 def test_threads_batch_load_without_cross_talk(loaded: Engine) -> None:
     engine = loaded
     expected = {t: stock_snapshot(engine, t) for t in range(THREADS)}
-    statements: dict[int, list[str]] = defaultdict(list)
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements[threading.get_ident()].append(statement)
+    counter = QueryCounter(engine)  # attributes each statement to its thread
 
     barrier = threading.Barrier(THREADS, timeout=60)
     results: dict[int, list[Any]] = {}
@@ -151,7 +147,7 @@ def test_threads_batch_load_without_cross_talk(loaded: Engine) -> None:
                 stmt = select(Owner).where(Owner.id.between(ids[0], ids[-1])).order_by(Owner.id)
                 owners = list(session.scalars(stmt.options(option)))
                 barrier.wait()
-                start = len(statements[threading.get_ident()])
+                start = counter.count_for(threading.get_ident())
                 if raising:
                     raised = 0
                     for owner in owners:
@@ -162,7 +158,7 @@ def test_threads_batch_load_without_cross_talk(loaded: Engine) -> None:
                     outcome.append(raised)
                 else:
                     outcome.append(read_all(owners))
-                spent = len(statements[threading.get_ident()]) - start
+                spent = counter.count_for(threading.get_ident()) - start
                 outcome.append(spent)
                 counters = nplus1loader.stats(session)
                 outcome.append((counters.batches, counters.instances, counters.queries))
@@ -171,11 +167,8 @@ def test_threads_batch_load_without_cross_talk(loaded: Engine) -> None:
                 )
         results[thread] = outcome
 
-    event.listen(engine, "before_cursor_execute", record)
-    try:
+    with counter:
         run_threads(work)
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
 
     for thread in range(THREADS):
         if thread % 2:

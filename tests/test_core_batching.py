@@ -8,11 +8,8 @@ an nplus1 option, or under a raiseload option, are left alone.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, load_only, selectinload, undefer
 
 from nplus1loader import (
@@ -22,7 +19,7 @@ from nplus1loader import (
     nplus1loader_rels,
     raiseload_all,
 )
-from tests._db import keys_sent
+from tests._db import QueryCounter
 from tests.core_models import (
     Animal,
     Cat,
@@ -36,34 +33,6 @@ from tests.core_models import (
 )
 
 
-@pytest.fixture
-def session(engine: Engine) -> Iterator[Session]:
-    seed(engine)
-    with Session(engine) as session:
-        yield session
-
-
-class ParameterCounter:
-    """The number of keys each statement sent: an expanded ``IN`` list has
-    one parameter per instance, PostgreSQL's ``= ANY(:keys)`` one array of
-    them (or its literal); either way this shows each chunk's size."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.sizes: list[int] = []
-
-    def _record(self, conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
-        values = parameters.values() if isinstance(parameters, dict) else parameters
-        self.sizes.append(sum(keys_sent(v) or 1 for v in values))
-
-    def __enter__(self) -> ParameterCounter:
-        event.listen(self.engine, "before_cursor_execute", self._record)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        event.remove(self.engine, "before_cursor_execute", self._record)
-
-
 @pytest.mark.parametrize(
     ("key", "eager"),
     [("bio", lambda: undefer(User.bio)), ("articles", lambda: selectinload(User.articles))],
@@ -74,14 +43,14 @@ def test_one_query_per_500_instances(engine: Engine, key: str, eager) -> None:
     with Session(engine) as session:
         users = load(session, "scalars", User, nplus1loader("*"))
         assert len(users) == 1204
-        with ParameterCounter(engine) as params:
+        with QueryCounter(engine) as params:
             got = touch_all(engine, users, lambda u: getattr(u, key))
     # The oracle is stock eager loading here: 1204 stock lazy loads take
     # seconds on the servers, and the small tests compare with them already.
     want = stock(engine, User, lambda u: getattr(u, key), eager())
     assert want.queries == 0
     assert got.queries == 3, got.statements
-    assert params.sizes == [500, 500, 204]
+    assert params.keys_per_statement() == [500, 500, 204]
     assert got.values == want.values
 
 

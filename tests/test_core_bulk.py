@@ -6,7 +6,6 @@ this session) skipped.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,17 +21,9 @@ from tests.core_models import (
     User,
     load,
     loaded,
-    seed,
     stock,
     touch_all,
 )
-
-
-@pytest.fixture
-def session(engine: Engine) -> Iterator[Session]:
-    seed(engine)
-    with Session(engine) as session:
-        yield session
 
 
 def bulk(session: Session, objs: list[Any], key: str, **kw: Any) -> int:

@@ -7,8 +7,6 @@ legacy ``Query``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, defer, load_only
@@ -22,17 +20,9 @@ from tests.core_models import (
     User,
     load,
     loaded,
-    seed,
     stock,
     touch_all,
 )
-
-
-@pytest.fixture
-def session(engine: Engine) -> Iterator[Session]:
-    seed(engine)
-    with Session(engine) as session:
-        yield session
 
 
 @pytest.mark.parametrize("api", APIS)

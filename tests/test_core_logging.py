@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine
@@ -17,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from nplus1loader import nplus1loader, raiseload_all
 from tests._db import QueryCounter
-from tests.core_models import APIS, User, load, seed, stock, touch_all
+from tests.core_models import APIS, User, load, stock, touch_all
 
 LOGGER = "nplus1loader.NPlusOneLazyColumnLoader"
 HERE = os.path.abspath(__file__)
@@ -25,10 +24,9 @@ USERS = 37
 
 
 @pytest.fixture
-def session(engine: Engine) -> Iterator[Session]:
-    seed(engine, users=USERS)
-    with Session(engine) as session:
-        yield session
+def seed_users() -> int:
+    """The conftest ``session`` seeds this many users here."""
+    return USERS
 
 
 def batch_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

@@ -6,7 +6,6 @@ the query loaded (or what they do not cover) working as usual.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,18 +21,9 @@ from tests.core_models import (
     User,
     load,
     loaded,
-    seed,
     stock,
     touch_all,
 )
-
-
-@pytest.fixture
-def session(engine: Engine) -> Iterator[Session]:
-    seed(engine)
-    with Session(engine) as session:
-        yield session
-
 
 #: How an option for the articles loaded at User.articles is spelled.
 UNDER = "selectinload(User.articles)"

@@ -7,7 +7,7 @@ legacy ``Query``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -25,18 +25,9 @@ from tests.core_models import (
     User,
     load,
     loaded,
-    seed,
     stock,
     touch_all,
 )
-
-
-@pytest.fixture
-def session(engine: Engine) -> Iterator[Session]:
-    seed(engine)
-    with Session(engine) as session:
-        yield session
-
 
 # (entity, attribute, filter): the filter keeps some many-to-one targets out
 # of the identity map, so the batch has something to SELECT.

@@ -6,7 +6,6 @@ where stock lazy loading emits none).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,18 +21,9 @@ from tests.core_models import (
     ident,
     load,
     loaded,
-    seed,
     stock,
     touch_all,
 )
-
-
-@pytest.fixture
-def session(engine: Engine) -> Iterator[Session]:
-    seed(engine)
-    with Session(engine) as session:
-        yield session
-
 
 # ------------------------------------------------------------- autoflush
 

@@ -340,3 +340,23 @@ def test_registry_checks_reachability_once(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(pytest.fail.Exception):
         registry.get("postgresql")
     assert len(attempts) == 1
+
+
+def test_counter_is_the_public_one_and_records_parameters(engine: Engine) -> None:
+    """The suite's recorder is ``nplus1loader.testing.QueryCounter`` with
+    parameters and the compiled construct per statement: one recorder for
+    counts, chunk sizes and statement-cache checks alike."""
+    from nplus1loader.testing import QueryCounter as PublicQueryCounter
+
+    with QueryCounter(engine) as q, engine.connect() as conn:
+        conn.execute(text("SELECT :a, :b"), {"a": 1, "b": 2})
+    assert isinstance(q, PublicQueryCounter)
+    assert q.count == len(q.entries) == 1
+    assert q.entries[0].statement == q.statements[0]
+    assert q.entries[0].compiled is not None
+    assert q.keys_per_statement() == [2]
+    q.assert_at_most(1)
+    with pytest.raises(
+        AssertionError, match=r"^expected at most 0 statements, got 1:\n  1\. SELECT"
+    ):
+        q.assert_at_most(0)

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, event, select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, defaultload, joinedload
 
 import nplus1loader
@@ -301,18 +301,12 @@ def test_quickstart(
     """The Quickstart on its own in-memory SQLite database: the SELECTs its
     comments promise (stock lazy loading would send 63)."""
     monkeypatch.delenv("NPLUS1LOADER_MODE", raising=False)
-    selects: list[str] = []
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
-            selects.append(statement)
-
-    event.listen(Engine, "before_cursor_execute", record)
-    try:
+    # The snippet creates its own engine, so the counter listens on the
+    # Engine class: every engine's statements.
+    with QueryCounter(Engine) as q:
         module = import_snippets(tmp_path, "blog_models", "quickstart")
-    finally:
-        event.remove(Engine, "before_cursor_execute", record)
     module.engine.dispose()
+    selects = [s for s in q.statements if s.lstrip().upper().startswith("SELECT")]
     # users + their articles; users + .name + the refresh after commit; the last query.
     assert len(selects) == 2 + 3 + 1, "\n".join(selects)
     assert module.names == [f"user {i}" for i in range(USERS)]

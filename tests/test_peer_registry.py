@@ -11,7 +11,6 @@ loads, in the same number of queries as before.
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,16 +19,15 @@ from sqlalchemy.orm import Session
 
 from nplus1loader import nplus1loader
 from nplus1loader._registry import Candidates, Registry, registry_of
-from tests.core_models import Article, Comment, Group, User, seed
+from tests.core_models import Article, Comment, Group, User
 
 USERS = 60
 
 
 @pytest.fixture
-def session(engine: Engine) -> Iterator[Session]:
-    seed(engine, users=USERS)
-    with Session(engine) as session:
-        yield session
+def seed_users() -> int:
+    """The conftest ``session`` seeds this many users here."""
+    return USERS
 
 
 @pytest.fixture

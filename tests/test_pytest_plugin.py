@@ -591,6 +591,51 @@ def test_failure_message_lists_the_statements(seeded: Engine) -> None:
         empty.assert_count(3)
 
 
+def test_assert_at_most_passes_at_the_limit_and_fails_above_it(seeded: Engine) -> None:
+    """The ceiling form: N statements pass ``assert_at_most(N)`` (and any
+    higher limit); N+1 fail with the same listing ``assert_count`` gives."""
+    with count_queries(seeded) as q, seeded.connect() as conn:
+        conn.execute(text("SELECT 1"))
+        conn.execute(text("SELECT\n  2"))
+    q.assert_at_most(2)
+    q.assert_at_most(3)
+    with pytest.raises(AssertionError) as info:
+        q.assert_at_most(1)
+    assert str(info.value) == (
+        "expected at most 1 statements, got 2:\n  1. SELECT 1\n  2. SELECT 2"
+    )
+    with count_queries(seeded) as empty:
+        pass
+    empty.assert_at_most(0)
+
+
+def test_count_queries_at_most_checks_on_leaving_the_block(seeded: Engine) -> None:
+    """``count_queries(bind, at_most=N)`` asserts when the block ends, as
+    pytest-django's ``django_assert_max_num_queries`` does; a block that
+    raised keeps its own exception."""
+    with count_queries(seeded, at_most=2) as q, seeded.connect() as conn:
+        conn.execute(text("SELECT 1"))
+        conn.execute(text("SELECT 2"))
+    assert q.count == 2
+    with (
+        pytest.raises(AssertionError) as info,
+        count_queries(seeded, at_most=1),
+        seeded.connect() as conn,
+    ):
+        conn.execute(text("SELECT 1"))
+        conn.execute(text("SELECT 2"))
+    assert str(info.value) == (
+        "expected at most 1 statements, got 2:\n  1. SELECT 1\n  2. SELECT 2"
+    )
+    with (
+        pytest.raises(RuntimeError, match="the block's own error"),
+        count_queries(seeded, at_most=0),
+        seeded.connect() as conn,
+    ):
+        conn.execute(text("SELECT 1"))
+        raise RuntimeError("the block's own error")
+
+
 def test_counter_on_a_connection_counts_that_connection_only(seeded: Engine) -> None:
     with seeded.connect() as mine, seeded.connect() as other, count_queries(mine) as q:
         mine.execute(text("SELECT 1"))

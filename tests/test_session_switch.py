@@ -458,21 +458,13 @@ WORKERS = 8
 
 
 @pytest.fixture
-def per_thread_counts(seeded: Engine) -> Iterator[dict[int, int]]:
-    counts: dict[int, int] = {}
-    lock = threading.Lock()
-
-    def record(*args: Any) -> None:
-        with lock:
-            key = threading.get_ident()
-            counts[key] = counts.get(key, 0) + 1
-
-    event.listen(seeded, "before_cursor_execute", record)
-    yield counts
-    event.remove(seeded, "before_cursor_execute", record)
+def per_thread_counts(seeded: Engine) -> Iterator[QueryCounter]:
+    """The statements of ``seeded``, attributed to the thread that sent them."""
+    with QueryCounter(seeded) as counter:
+        yield counter
 
 
-def test_threads_keep_their_own_switch(seeded: Engine, per_thread_counts: dict[int, int]) -> None:
+def test_threads_keep_their_own_switch(seeded: Engine, per_thread_counts: QueryCounter) -> None:
     """Half the threads run inside disabled() while the others query and
     touch at the same moments: each sees only its own setting."""
     expected, stock_count = stock(seeded, "books")
@@ -485,9 +477,9 @@ def test_threads_keep_their_own_switch(seeded: Engine, per_thread_counts: dict[i
             barrier.wait()  # every thread is inside its block
             authors = session.scalars(AUTHORS).all()
             barrier.wait()  # every thread has loaded, none has touched
-            before = per_thread_counts.get(threading.get_ident(), 0)
+            before = per_thread_counts.count_for(threading.get_ident())
             values = read_books(authors)
-            touched = per_thread_counts.get(threading.get_ident(), 0) - before
+            touched = per_thread_counts.count_for(threading.get_ident()) - before
             return values, touched, stats(session).batches
 
     with ThreadPoolExecutor(WORKERS) as pool:
@@ -509,12 +501,7 @@ def test_asyncio_tasks_keep_their_own_switch(seeded: Engine, db_name: str) -> No
 
     async def main() -> list[tuple[Any, int, int]]:
         async_engine = create_async_engine(url, pool_size=WORKERS)
-        counts: dict[int, int] = {}
-
-        def record(*args: Any) -> None:
-            counts[_task_label.get()] = counts.get(_task_label.get(), 0) + 1
-
-        event.listen(async_engine.sync_engine, "before_cursor_execute", record)
+        counts = QueryCounter(async_engine, label=_task_label.get).start()
         factory = enable(async_sessionmaker(async_engine))
         arrived = [0, 0]
         gates = [asyncio.Event(), asyncio.Event()]
@@ -533,13 +520,14 @@ def test_asyncio_tasks_keep_their_own_switch(seeded: Engine, db_name: str) -> No
                     await rendezvous(0)
                     authors = (await session.scalars(AUTHORS)).all()
                     await rendezvous(1)
-                    before = counts.get(index, 0)
+                    before = counts.count_for(index)
                     values = await session.run_sync(lambda _: read_books(authors))
-                    return values, counts.get(index, 0) - before, stats(session).batches
+                    return values, counts.count_for(index) - before, stats(session).batches
 
         try:
             return list(await asyncio.gather(*(work(i) for i in range(WORKERS))))
         finally:
+            counts.stop()
             await async_engine.dispose()
 
     assert asyncio.run(main()) == [

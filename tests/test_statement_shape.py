@@ -10,46 +10,19 @@ SQLAlchemy executed, and the parameters, of every statement a loop sends.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from nplus1loader import nplus1loader
 from nplus1loader._keys import IntegerArrayLiteral
-from tests._db import keys_sent
-from tests.core_models import Article, User, seed
+from tests._db import QueryCounter, keys_sent
+from tests.core_models import Article, User
 
 CHUNK = 2  # six users: chunks of 2, 2 and 2 (or shorter) for every shape
-
-
-class StatementLog:
-    """(text, compiled statement, parameters) of each statement sent."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.entries: list[tuple[str, Any, Any]] = []
-
-    def _record(
-        self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
-    ) -> None:
-        self.entries.append((statement, context.compiled, parameters))
-
-    def __enter__(self) -> StatementLog:
-        event.listen(self.engine, "before_cursor_execute", self._record)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        event.remove(self.engine, "before_cursor_execute", self._record)
-
-
-@pytest.fixture
-def session(engine: Engine) -> Iterator[Session]:
-    seed(engine, users=6)
-    with Session(engine) as session:
-        yield session
 
 
 def _users(session: Session) -> list[User]:
@@ -84,18 +57,18 @@ def test_every_chunk_reuses_one_compiled_statement(
 ) -> None:
     load, touch = SHAPES[shape]
     objs = load(session)
-    with StatementLog(engine) as log:
+    with QueryCounter(engine) as log:
         for obj in objs:
             touch(obj)
-    texts = [text for text, _, _ in log.entries]
+    texts = log.statements
     assert len(texts) >= 2, texts  # several chunks, or nothing is shown
-    compiled = {id(c) for _, c, _ in log.entries}
+    compiled = {id(entry.compiled) for entry in log.entries}
     assert len(compiled) == 1, texts  # compiled once, then from the cache
 
     if engine.dialect.name == "postgresql":
         assert len(set(texts)) == 1, texts  # one text whatever the chunk length
         assert "= ANY (" in texts[0] or "= ANY(" in texts[0], texts[0]
-        for _, _, parameters in log.entries:
+        for parameters in (entry.parameters for entry in log.entries):
             arrays = [n for n in map(keys_sent, parameters.values()) if n is not None]
             assert len(arrays) == 1, parameters  # the keys travel as one array
             assert 1 <= arrays[0] <= CHUNK
