@@ -36,7 +36,7 @@ import pytest
 from . import _modes, _report
 from ._options import Mode
 from ._session import enable_every_session
-from .testing import QueryCounter, count_queries
+from .testing import CountQueries, count_queries
 
 _HELP = "force the mode of every nplus1loader-armed attribute: load, warn or raise"
 _ENABLE_HELP = (
@@ -229,14 +229,15 @@ def _summary_lines(found: dict[str, Any]) -> list[str]:
 
 
 @pytest.fixture
-def nplus1_count_queries() -> Callable[[Any], QueryCounter]:
+def nplus1_count_queries() -> CountQueries:
     """``with nplus1_count_queries(engine) as q: ...``, then ``q.count``,
-    ``q.statements`` or ``q.assert_count(n)``."""
+    ``q.statements``, ``q.assert_count(n)`` or ``q.assert_at_most(n)``
+    (``nplus1_count_queries(engine, at_most=n)`` checks at the block's end)."""
     return count_queries
 
 
 @pytest.fixture(name="count_queries")
-def _count_queries_alias() -> Callable[[Any], QueryCounter]:
+def _count_queries_alias() -> CountQueries:
     """Same as ``nplus1_count_queries``; a project fixture named
     ``count_queries`` (in a conftest.py) takes precedence over this one."""
     return count_queries

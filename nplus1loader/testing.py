@@ -18,11 +18,11 @@ name).
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, event
 
-__all__ = ["QueryCounter", "count_queries"]
+__all__ = ["CountQueries", "QueryCounter", "count_queries"]
 
 
 class QueryCounter:
@@ -101,6 +101,12 @@ class QueryCounter:
 
     def __repr__(self) -> str:
         return f"<QueryCounter count={self.count}>"
+
+
+class CountQueries(Protocol):
+    """The type of :func:`count_queries`, as the pytest fixtures hand it out."""
+
+    def __call__(self, bind: Any, *, at_most: int | None = None) -> QueryCounter: ...
 
 
 def count_queries(bind: Any, *, at_most: int | None = None) -> QueryCounter:

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import nplus1loader
 from nplus1loader import Mode, Nplus1Load, Nplus1Option, Stats
-from nplus1loader.testing import QueryCounter, count_queries
+from nplus1loader.testing import CountQueries, QueryCounter, count_queries
 
 
 def armed(mode: Mode = "load") -> list[Nplus1Option]:
@@ -49,3 +49,10 @@ def counted(engine: Engine) -> tuple[int, Stats]:
             session.scalars(select(User)).all()
         nplus1loader.disable(session)
     return counter.count, nplus1loader.stats(session)
+
+
+def at_most(engine: Engine, fixture: CountQueries) -> None:
+    """The pytest fixture's value, called with the at-most form."""
+    with factory(engine, "load")() as session, fixture(engine, at_most=3) as q:
+        users(session, testing=False)
+    q.assert_at_most(3)
