@@ -197,7 +197,10 @@ class BatchRefresh:
         SQLAlchemy's own reads (a flush reading the primary key for its
         UPDATE, a lazy load reading a foreign key, the identity-map lookup of
         a many-to-one refreshing its target, cascades under NO_RAISE) refresh
-        the stock way, as they would under SQLAlchemy's own raiseload."""
+        the stock way, as they would under SQLAlchemy's own raiseload.  That
+        refresh replays this profile's own raiseload option, which arms only
+        what the refresh leaves unloaded (not the deferred columns): the
+        profile is put back after it, as after any refresh alone."""
         touched, by_user = _compat.refresh_trigger(state)
         if (
             touched is None
@@ -205,7 +208,7 @@ class BatchRefresh:
             or passive & PassiveFlag.NO_RAISE
             or not profile.raises_for(state.mapper, touched)
         ):
-            return self.original(state, toload, passive)
+            return self._refresh_alone(profile, state, toload, passive)
         model = state.mapper.class_.__name__
         site = find_call_site()
         fix = fix_for(_compat.load_path_of(state), state.mapper.attrs[touched], EXPIRED)

@@ -354,3 +354,66 @@ def test_raiseload_all_raises_on_expired(factory: sessionmaker[Session], engine:
             "expire_on_commit=False, or reload them in one query with "
             "select(User).execution_options(populate_existing=True)"
         )
+
+
+#: The attributes a raiseload_all('*') query leaves unloaded, and the fix
+#: each one's error names.
+FIXES = (("bio", "undefer(User.bio)"), ("articles", "selectinload(User.articles)"))
+
+
+@pytest.mark.parametrize("write", ["add-article", "rename"])
+def test_raiseload_all_survives_the_flush_refreshing_an_instance(
+    factory: sessionmaker[Session], engine: Engine, write: str
+) -> None:
+    """After a commit, a flush reads the expired primary key of a user armed
+    by raiseload_all('*') (a new article's foreign key, the UPDATE's WHERE
+    clause): SQLAlchemy's own refresh, as in a stock session.  That refresh
+    replays the query's raiseload_all('*'), which arms only what the
+    refresh leaves unloaded; after the next commit the deferred column and
+    the collection loaded instead of raising (found by the fuzzer).  The
+    latest arming query decides: they raise."""
+
+    def commit_then_write(session: Session, users: list[User]) -> list[str]:
+        session.commit()
+        with QueryCounter(engine) as q:
+            if write == "add-article":
+                session.add(Article(id=1000, title="new", author=users[0]))
+            else:
+                users[0].name = "renamed"
+            session.commit()
+        return q.statements
+
+    def written() -> tuple[str, list[tuple[int]]]:
+        with engine.begin() as conn:
+            name = conn.execute(text("SELECT name FROM exp_user WHERE id = 1")).scalar_one()
+            article = conn.execute(text("SELECT user_id FROM exp_article WHERE id = 1000")).all()
+            # Undone, for the next session.
+            conn.execute(text("DELETE FROM exp_article WHERE id = 1000"))
+            conn.execute(text("UPDATE exp_user SET name = 'user 1' WHERE id = 1"))
+        return name, [tuple(row) for row in article]
+
+    with factory() as session:
+        users = load_users(session)
+        stock_statements = commit_then_write(session, users)
+        assert users[0].bio == "bio 1"  # stock loads it
+    stock_written = written()
+    with factory() as session:
+        users = load_users(session, raiseload_all("*"))
+        # The refresh of users[0], then the INSERT or UPDATE, as in stock.
+        statements = commit_then_write(session, users)
+        verbs = ["SELECT", "INSERT" if write == "add-article" else "UPDATE"]
+        assert [s.split()[0] for s in statements] == verbs
+        assert [s.split()[0] for s in stock_statements] == verbs
+        with QueryCounter(engine) as q:
+            for key, fix in FIXES:
+                line = inspect.currentframe().f_lineno + 2  # type: ignore[union-attr]
+                with pytest.raises(LazyLoadingAttributeError) as excinfo:
+                    getattr(users[0], key)
+                assert str(excinfo.value) == (
+                    f"User.{key} is not available due to raiseload; touched at {__file__}:{line} "
+                    "in test_raiseload_all_survives_the_flush_refreshing_an_instance(). "
+                    f"Load it in the query: {fix}"
+                )
+        q.assert_count(0)
+    assert written() == stock_written
+    assert stock_written == (("user 1", [(1,)]) if write == "add-article" else ("renamed", []))

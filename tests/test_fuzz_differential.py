@@ -1567,6 +1567,23 @@ FOUND = {
             Op("touch", (("", 2), (True, 0))),
         ),
     ),
+    # Adding a mentee of an author armed by raiseload_all('*') after a
+    # commit: the flush read the author's expired primary key (its new
+    # mentee's foreign key) through SQLAlchemy's own refresh, which
+    # replayed raiseload_all('*') and armed only what the refresh left
+    # unloaded; after the next commit Author.bio loaded instead of raising
+    # (fixed: the latest arming query's profile is put back after that
+    # refresh too).
+    "flush-refresh-of-raise-armed-keeps-the-arming": Program(
+        _graph(author=[{**AUTHOR_1, "mentor_id": None}]),
+        (
+            Op("query", ("Author", Opt("raiseload_all"), None)),
+            Op("commit"),
+            Op("add", ("Author", 50, ("Author", 0))),
+            Op("commit"),
+            Op("touch", (("Author", 0), (True, 0))),
+        ),
+    ),
 }
 
 
