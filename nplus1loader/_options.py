@@ -192,8 +192,12 @@ class ArmOption(_compat.ImmutableOption, Nplus1Option):
         return tuple(zip(self.bound_entities, self.bound_keys, strict=True))
 
     def keeps_cached_form(self) -> bool:
-        # A chained option refers to entities by its path, like Load.
-        return bool(self.prefix)
+        # A chained option (its path) and a class-bound attribute refer to
+        # entities, as a Load does: on a cache hit the instances keep the
+        # cached option, whose aliases are those of their cached paths, so
+        # what replays it (a lazy load, a batch) matches them, and its own
+        # statements hit the cache in turn.
+        return bool(self.prefix or self.bound_entities)
 
     def __getstate__(self) -> dict[str, Any]:
         # Mappers do not pickle; their classes do.  As for SQLAlchemy's own
