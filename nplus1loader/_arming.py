@@ -198,7 +198,7 @@ def option_profiles(option: Any) -> dict[tuple[Any, Any], Profile]:
 def _forget(key: int, ref: weakref.ref[Any]) -> None:
     entry = _by_option.get(key)
     if entry is not None and entry[0] is ref:
-        del _by_option[key]
+        _by_option.pop(key, None)
 
 
 def _owner(options: Any) -> Any:

@@ -207,9 +207,11 @@ class ArmOption(_compat.ImmutableOption, Nplus1Option):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # What an earlier version pickled (its __dict__) lacks the newer
+        # names; its bound attributes never pickled, so it had none.
         for name in _STATE_SLOTS:
-            setattr(self, name, state[name])
-        self.bound_entities = tuple(inspect(cls) for cls in state["bound_entities"])
+            setattr(self, name, state.get(name, _STATE_DEFAULTS.get(name)))
+        self.bound_entities = tuple(inspect(cls) for cls in self.bound_entities)
 
     # -- validation -------------------------------------------------------
 
@@ -375,6 +377,12 @@ class ArmOption(_compat.ImmutableOption, Nplus1Option):
 
 #: What pickles of an option (``state.load_options`` of a pickled instance).
 _STATE_SLOTS = tuple(name for name in ArmOption.__slots__ if name != "__weakref__")
+_STATE_DEFAULTS: dict[str, Any] = {
+    "arms_batches": False,
+    "bound_entities": (),
+    "bound_keys": (),
+    "session_wide": False,
+}
 
 
 def _armed_keys(attributes: Any) -> frozenset[Any]:

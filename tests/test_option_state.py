@@ -231,3 +231,22 @@ def test_nested_batches_reuse_one_option_per_chunk_size(article_session: Session
     articles = list(article_session.scalars(select(Article).options(nplus1("*"))))
     assert sum(len(a.comments) for a in articles) > 0
     assert id(batch_arming_option(None)) in _arming._by_option
+
+
+def test_an_option_pickled_by_an_earlier_version_loads() -> None:
+    """Earlier versions pickled the option's ``__dict__``, without the names
+    added since (their bound attributes did not pickle at all)."""
+    old_state = {
+        "option_name": "nplus1loader",
+        "kinds": ("columns", "relationships"),
+        "mode": "load",
+        "strict": False,
+        "nested": True,
+        "chunk_size": None,
+        "prefix": (),
+        "names": ("*",),
+        "bound": (),
+    }
+    option = ArmOption.__new__(ArmOption)
+    option.__setstate__(old_state)
+    assert option._generate_cache_key() == nplus1("*")._generate_cache_key()
