@@ -17,8 +17,9 @@ How an instance finds its profile costs nothing per row for the instances
 a query creates: SQLAlchemy already stamps each of them with the query's
 propagating options and path (``state.load_options``, ``state.load_path``,
 which it also replays and re-stamps on every refresh), and the nplus1
-option among those options holds the profile for each path and mapper.
-The first execution registers its profiles there; a later execution of
+option among those options is the key of the profiles for each path and
+mapper (kept in this module, not on the option).  The first execution
+registers its profiles there; a later execution of
 the same option whose profile differs (other options beside it, other
 loader criteria) stores its own on each row instead, in the state's
 ``__dict__``, as it does for instances already in the session, which
@@ -175,6 +176,31 @@ def profile_for(
     return found
 
 
+#: The profiles each nplus1 option holds, by stamp (see ``profile_of``):
+#: kept here, never on the option, for as long as the option lives.  Keyed
+#: by the option's id, which is hashed faster than a WeakKeyDictionary's
+#: weak reference; the weak reference beside them drops the entry when the
+#: option goes, before its id can be taken by another object.
+_by_option: dict[int, tuple[weakref.ref[Any], dict[tuple[Any, Any], Profile]]] = {}
+
+
+def option_profiles(option: Any) -> dict[tuple[Any, Any], Profile]:
+    """The profiles ``option`` holds, by (stamp key, mapper)."""
+    key = id(option)
+    entry = _by_option.get(key)
+    if entry is None:
+        # setdefault: of two threads arming with a new option at once, both
+        # get the one dict.
+        entry = _by_option.setdefault(key, (weakref.ref(option, lambda ref: _forget(key, ref)), {}))
+    return entry[1]
+
+
+def _forget(key: int, ref: weakref.ref[Any]) -> None:
+    entry = _by_option.get(key)
+    if entry is not None and entry[0] is ref:
+        _by_option.pop(key, None)
+
+
 def _owner(options: Any) -> Any:
     """The nplus1 option that holds the profiles for instances stamped
     with ``options``: the last one among them (deterministic, and the same
@@ -214,7 +240,7 @@ def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any
     def share() -> bool:
         if owner is None:
             return False
-        profiles = owner.__dict__.setdefault("nplus1_profiles", {})
+        profiles = option_profiles(owner)
         return _arm_alike(profiles.setdefault(stamp_key, profile), profile)
 
     def arm(state: InstanceState[Any], dict_: Any, row: Any) -> None:
@@ -294,10 +320,10 @@ def profile_of(state: InstanceState[Any]) -> Profile | None:
     owner = _owner(state.load_options)
     if owner is None:
         return None
-    profiles = owner.__dict__.get("nplus1_profiles")
-    if profiles is None:
+    entry = _by_option.get(id(owner))
+    if entry is None:
         return None
-    return profiles.get((_compat.stamp_key(state.load_path), state.mapper))  # type: ignore[no-any-return]
+    return entry[1].get((_compat.stamp_key(state.load_path), state.mapper))
 
 
 def profile_verdicts(

@@ -66,6 +66,41 @@ def attach_loader_method(name: str, method: Callable[..., Any]) -> None:
     setattr(AbstractLoad, name, method)
 
 
+class ImmutableOption:
+    """Mixin for a loader option that never changes once it is made: it
+    answers, as an immutable SQL element would, the SQLAlchemy hooks that
+    copy option objects or choose between two of them.
+
+    * ``_clone`` / ``_copy_internals``, called when a statement carrying the
+      option is copied (``cloned_traverse``, ``params()``): the option itself,
+      as for ``sql.base.Immutable``.  The inherited ``ExecutableOption._clone``
+      copies ``__dict__``, which a class with ``__slots__`` has not got.
+    * ``_adapt_cached_option_to_uncached_option``, called per execution that
+      found its statement in the compiled cache: which of the two equal
+      options (the cached statement's, the executed statement's) the loaded
+      instances carry as ``state.load_options``.  SQLAlchemy's own options
+      with a path (``Load``) keep the cached one, whose entities (the
+      ``aliased()`` classes included) are those of the cached paths that the
+      instances are stamped with; other options the executed one.  The
+      subclass says which kind it is with :meth:`keeps_cached_form`.
+    """
+
+    __slots__ = ()
+
+    def keeps_cached_form(self) -> bool:
+        """Whether the option refers to entities by path (see above)."""
+        return False
+
+    def _clone(self, **kw: Any) -> Any:
+        return self
+
+    def _copy_internals(self, **kw: Any) -> None:
+        pass
+
+    def _adapt_cached_option_to_uncached_option(self, context: Any, uncached_opt: Any) -> Any:
+        return self if self.keeps_cached_form() else uncached_opt
+
+
 def register_option_label(strategy_key: tuple[Any, ...], label: str) -> None:
     """SQLAlchemy 2.1 asserts that every strategy has a label for its error
     messages (``_STRATEGY_FN_LABELS``); register ours so a conflict between

@@ -61,46 +61,71 @@ class Nplus1Option(LoaderOption):
     __slots__ = ()
 
 
-class ArmOption(Nplus1Option):
-    """Arms attributes of the entities a query loads (see module docstring)."""
+class ArmOption(_compat.ImmutableOption, Nplus1Option):
+    """Arms attributes of the entities a query loads (see module docstring).
+
+    Nothing is written into an option once it is made: the profiles that the
+    instances a query loads find through the option they are stamped with
+    are kept by ``_arming``, keyed by the option.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "arms_batches",
+        "bound_entities",
+        "bound_keys",
+        "chunk_size",
+        "kinds",
+        "mode",
+        "names",
+        "nested",
+        "option_name",
+        "prefix",
+        "session_wide",
+        "strict",
+    )
 
     option_name: str
     kinds: tuple[str, ...]
     mode: str
+    strict: bool
     nested: bool
     chunk_size: int | None
     prefix: tuple[Any, ...]
     names: tuple[str, ...]
-    bound: tuple[tuple[Any, str], ...]
+    bound_entities: tuple[Any, ...]
+    bound_keys: tuple[str, ...]
+    #: Whether the option arms the lead entities of a statement that runs
+    #: as a lazy load (with a current path): only the option a batch adds
+    #: to its own statements does, to arm what the batch brings in.
+    arms_batches: bool
+    #: Whether the option is the one :func:`nplus1loader.enable` adds: it
+    #: never replaces what an nplus1 option of the query itself chose.
+    session_wide: bool
 
+    # The entities of class-bound attributes by their cache keys, as
+    # SQLAlchemy's own options have them: two equal ``aliased(User)`` give
+    # equal keys (and share one compiled statement), two aliases of other
+    # names do not.
     _traverse_internals = [
         ("prefix", InternalTraversal.dp_has_cache_key_list),
         ("names", InternalTraversal.dp_plain_obj),
-        ("bound", InternalTraversal.dp_plain_obj),
+        ("bound_entities", InternalTraversal.dp_has_cache_key_list),
+        ("bound_keys", InternalTraversal.dp_plain_obj),
         ("kinds", InternalTraversal.dp_plain_obj),
         ("mode", InternalTraversal.dp_plain_obj),
         ("nested", InternalTraversal.dp_plain_obj),
         ("chunk_size", InternalTraversal.dp_plain_obj),
         ("arms_batches", InternalTraversal.dp_plain_obj),
+        ("session_wide", InternalTraversal.dp_plain_obj),
         ("strict", InternalTraversal.dp_plain_obj),
     ]
-
-    #: Whether the option arms the lead entities of a statement that runs
-    #: as a lazy load (with a current path): only the option a batch adds
-    #: to its own statements does, to arm what the batch brings in.
-    arms_batches = False
 
     # Carried along on loaded instances, so a refresh of an armed instance
     # (``session.refresh(obj)``) arms it again; and the stamp by which the
     # instances a query creates find their profile (see _arming).
     propagate_to_loaders = True
     is_nplus1_option = True
-
-    def __getstate__(self) -> dict[str, Any]:
-        # The profiles registered on the option stay in this process.
-        state = self.__dict__.copy()
-        state.pop("nplus1_profiles", None)
-        return state
 
     def __init__(
         self,
@@ -111,6 +136,9 @@ class ArmOption(Nplus1Option):
         nested: bool,
         chunk_size: int | None,
         prefix: Any = None,
+        *,
+        arms_batches: bool = False,
+        session_wide: bool = False,
     ) -> None:
         if chunk_size is not None and (
             isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
@@ -127,9 +155,12 @@ class ArmOption(Nplus1Option):
         self.strict = option_name.startswith("raiseload")
         self.nested = bool(nested)
         self.chunk_size = chunk_size
+        self.arms_batches = arms_batches
+        self.session_wide = session_wide
         self.prefix = (prefix,) if prefix is not None else ()
         names: list[str] = []
-        bound: list[tuple[Any, str]] = []
+        entities: list[Any] = []
+        keys: list[str] = []
         for attr in attrs or ("*",):
             if isinstance(attr, str):
                 if attr != "*" and not attr.isidentifier():
@@ -137,20 +168,50 @@ class ArmOption(Nplus1Option):
                 names.append(attr)
             elif isinstance(attr, QueryableAttribute):
                 self._check_kind(attr.property, attr.parent.mapper)
-                bound.append((attr.parent, attr.key))
+                entities.append(attr.parent)
+                keys.append(attr.key)
             else:
                 raise ArgumentError(
                     f"{option_name}(): expected '*', an attribute name or a class-bound "
                     f"attribute such as User.articles, got {attr!r}"
                 )
         self.names = tuple(names)
-        self.bound = tuple(bound)
+        self.bound_entities = tuple(entities)
+        self.bound_keys = tuple(keys)
         if prefix is not None and names:
             entity = _prefix_entity_mapper(prefix)
             if entity is not None:
                 for name in names:
                     if name != "*":
                         self._property_named(entity, name)
+
+    @property
+    def bound(self) -> tuple[tuple[Any, str], ...]:
+        """The class-bound attributes, as (entity, key): the entity is the
+        Mapper, or the AliasedInsp of an ``aliased()`` class."""
+        return tuple(zip(self.bound_entities, self.bound_keys, strict=True))
+
+    def keeps_cached_form(self) -> bool:
+        # A chained option (its path) and a class-bound attribute refer to
+        # entities, as a Load does: on a cache hit the instances keep the
+        # cached option, whose aliases are those of their cached paths, so
+        # what replays it (a lazy load, a batch) matches them, and its own
+        # statements hit the cache in turn.
+        return bool(self.prefix or self.bound_entities)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Mappers do not pickle; their classes do.  As for SQLAlchemy's own
+        # pickled options, an aliased class comes back as its mapper.
+        state = {name: getattr(self, name) for name in _STATE_SLOTS}
+        state["bound_entities"] = tuple(e.mapper.class_ for e in self.bound_entities)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # What an earlier version pickled (its __dict__) lacks the newer
+        # names; its bound attributes never pickled, so it had none.
+        for name in _STATE_SLOTS:
+            setattr(self, name, state.get(name, _STATE_DEFAULTS.get(name)))
+        self.bound_entities = tuple(inspect(cls) for cls in self.bound_entities)
 
     # -- validation -------------------------------------------------------
 
@@ -234,10 +295,15 @@ class ArmOption(Nplus1Option):
                 )
 
     def _arm_entity(self, compile_state: Any, path: Any, mapper: Mapper[Any], entity: Any) -> None:
+        # The session-wide option leaves alone what an nplus1 option of the
+        # query itself chose (processed before it: it comes last).
+        taken = _armed_keys(compile_state.attributes) if self.session_wide else frozenset()
         props = self._props_for(mapper, entity)
         for prop, wild in props:
             prop_path = path[prop]
             exact_key = _compat.loader_keys(prop_path)[0]
+            if exact_key in taken:
+                continue
             existing = compile_state.attributes.get(exact_key)
             if isinstance(existing, ArmedElement):
                 existing = existing.underlying
@@ -246,9 +312,11 @@ class ArmOption(Nplus1Option):
             compile_state.attributes[exact_key] = ArmedElement(
                 strategy, self.mode, wild, existing, self.nested, self.chunk_size
             )
-        self._arm_anchors(compile_state, path, mapper)
+        self._arm_anchors(compile_state, path, mapper, taken)
 
-    def _arm_anchors(self, compile_state: Any, path: Any, mapper: Mapper[Any]) -> None:
+    def _arm_anchors(
+        self, compile_state: Any, path: Any, mapper: Mapper[Any], taken: frozenset[Any]
+    ) -> None:
         """Mark the primary-key column of each mapper as this option's
         anchor, so every instance the query returns is remembered as armed
         (expired columns are refreshed in batches after a commit)."""
@@ -266,6 +334,8 @@ class ArmOption(Nplus1Option):
                 continue
             seen.add(id(prop))
             exact_key = _compat.loader_keys(path[prop])[0]
+            if exact_key in taken:
+                continue
             existing = compile_state.attributes.get(exact_key)
             if isinstance(existing, ArmedElement):
                 existing = existing.underlying
@@ -303,6 +373,21 @@ class ArmOption(Nplus1Option):
         if isinstance(prop, RelationshipProperty):
             return RELATIONSHIPS in self.kinds and prop.lazy not in _NOT_BATCHABLE_LAZY
         return isinstance(prop, ColumnProperty) and COLUMNS in self.kinds
+
+
+#: What pickles of an option (``state.load_options`` of a pickled instance).
+_STATE_SLOTS = tuple(name for name in ArmOption.__slots__ if name != "__weakref__")
+_STATE_DEFAULTS: dict[str, Any] = {
+    "arms_batches": False,
+    "bound_entities": (),
+    "bound_keys": (),
+    "session_wide": False,
+}
+
+
+def _armed_keys(attributes: Any) -> frozenset[Any]:
+    """The keys at which an nplus1 option has armed an attribute."""
+    return frozenset(key for key, value in attributes.items() if isinstance(value, ArmedElement))
 
 
 def _entity_name(entity: Any) -> str:
@@ -503,8 +588,7 @@ def batch_arming_option(chunk_size: int | None, mode: str = LOAD) -> ArmOption:
     the stamp on the instances stay the same."""
     found = _batch_options.get((chunk_size, mode))
     if found is None:
-        found = ArmOption("nplus1loader", ("*",), _BOTH, mode, True, chunk_size)
-        found.arms_batches = True
+        found = ArmOption("nplus1loader", ("*",), _BOTH, mode, True, chunk_size, arms_batches=True)
         _batch_options[(chunk_size, mode)] = found
     return found
 

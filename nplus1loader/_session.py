@@ -21,7 +21,6 @@ from sqlalchemy.orm import ORMExecuteState, Session, scoped_session, sessionmake
 
 from ._modes import MODES, check_mode, environment_mode
 from ._options import _BOTH, ArmOption, Mode
-from ._strategies import ArmedElement
 
 __all__ = ["disable", "disabled", "enable"]
 
@@ -45,24 +44,17 @@ class SessionWideOption(ArmOption):
     a written ``nplus1loader('*')``.  Unlike a written option it never
     replaces what an nplus1 option of the query itself chose for an
     attribute (``raiseload_all('*')``, ``nplus1loader('bio', mode='raise')``):
-    explicit options win.
+    explicit options win (``ArmOption.session_wide``).
     """
+
+    __slots__ = ()
 
     # Its own traversal (rather than inherit_cache) gives it a cache key of
     # its own, distinct from a written nplus1loader('*').
     _traverse_internals = ArmOption._traverse_internals
 
     def __init__(self, mode: str) -> None:
-        super().__init__("enable", ("*",), _BOTH, mode, True, None)
-
-    def _arm_entity(self, compile_state: Any, path: Any, mapper: Any, entity: Any) -> None:
-        explicit = {
-            key: value
-            for key, value in compile_state.attributes.items()
-            if isinstance(value, ArmedElement)
-        }
-        super()._arm_entity(compile_state, path, mapper, entity)
-        compile_state.attributes.update(explicit)
+        super().__init__("enable", ("*",), _BOTH, mode, True, None, session_wide=True)
 
 
 _OPTIONS = {mode: SessionWideOption(mode) for mode in MODES}

@@ -316,14 +316,33 @@ class ArmedRelationshipLoader(_compat.LazyLoader):  # type: ignore[misc]
                 context, query_entity, path, under, mapper, result, adapter, populators
             )
             return
+        # No nplus1 option here: the mapping's own lazy="nplus1loader" (or an
+        # option that names no strategy, defaultload()) arms the attribute
+        # with the defaults of nplus1loader_rels() on it.
+        option = isinstance(loadopt, ArmedElement)
         loader = ArmedLoader(
             self,
             _mode_of(loadopt, self._nplus1_mode),
-            loadopt.nested,
-            loadopt.chunk_size,
+            loadopt.nested if option else self._nplus1_mode != RAISE,
+            loadopt.chunk_size if option else None,
             _compat.loader_criteria(context),
         )
         _install(context, path, mapper, loader, populators)
+        if not option and loader.mode != RAISE:
+            _refresh_as_anchored(context, path, mapper, populators)
+
+
+def _refresh_as_anchored(context: Any, path: Any, mapper: Any, populators: Any) -> None:
+    """What the anchor of ``nplus1loader_rels(User.articles)`` adds, for a
+    relationship the mapping arms: expired columns of the instances refresh
+    in batches (unless an nplus1 option of the query anchors them itself)."""
+    pk = mapper.get_property_by_column(mapper.primary_key[0])
+    anchor = context.attributes.get(_compat.loader_keys(path[pk])[0])
+    if isinstance(anchor, ArmedElement) and anchor.anchor:
+        return
+    profile = profile_for(context, path, mapper, None, populators)
+    if profile.refresh_mode is None:
+        profile.refresh_mode = LOAD
 
 
 @ColumnProperty.strategy_for(nplus1loader=LOAD)
