@@ -149,7 +149,9 @@ def test_the_profiles_of_an_option_go_with_it(seeded: Engine) -> None:
         with QueryCounter(seeded) as q:
             assert articles_of(users) == want
         assert q.count == 1
-        del users
+        # The recorder keeps each statement's compiled construct, and with it
+        # the option.
+        del users, q
     del option
     gc.collect()
     assert ref() is None
