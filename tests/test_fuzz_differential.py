@@ -670,6 +670,38 @@ class Runner:
         chunks = [op.args[1].chunk for op in program.ops if op.kind == "query"]
         self.chunk = min([c for c in chunks if c] or [nplus1loader.DEFAULT_CHUNK_SIZE])
 
+    def own_shard_read(self, obj: Any, key: str, ident: Ident, value: Any) -> bool:
+        """Whether ``value`` is what the instance's own shard holds for a
+        column of a joined subclass's table, where stock reads another's.
+
+        SQLAlchemy loads such a column, unloaded on an instance a query of
+        the base class brought, with a statement of its own that carries no
+        identity token (``load_scalar_attributes`` through the mapper's
+        optimized get): a sharded session sends it to every shard and the
+        last row wins: another row's data.  nplus1loader reads the instance's
+        own shard there on SQLAlchemy 2.1 (as stock on 2.0); the value is
+        checked against that shard's row, read past the recorder.  Open: to
+        be documented (or matched) once the 2.0/2.1 difference is explained."""
+        session = self.n.session
+        if not isinstance(session, ShardedSession) or len(ident) != 3:
+            return False
+        mapper = inspect(obj).mapper
+        column = mapper.attrs[key].columns[0]
+        table = column.table
+        if table is mapper.base_mapper.local_table or len(table.primary_key) != 1:
+            return False
+        (pk,) = ident[1]
+        engine = session.get_bind(mapper, shard_id=ident[2])
+        raw = engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            pk_name = next(iter(table.primary_key)).name
+            cursor.execute(f"SELECT {column.name} FROM {table.name} WHERE {pk_name} = ?", (pk,))
+            row = cursor.fetchone()
+        finally:
+            raw.close()
+        return row is not None and row[0] == value
+
     # -- plumbing --------------------------------------------------------
 
     def _record(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
@@ -1050,7 +1082,7 @@ class Runner:
         self.compare_errors(n, o)
         if n.error is None:
             n_value, o_value = normalize(attr, n.value), normalize(attr, o.value)
-            if n_value != o_value:
+            if n_value != o_value and not self.own_shard_read(n_obj, key, ident, n.value):
                 self.fail(f"{where}: N read {n_value!r}, O read {o_value!r}")
         if kind == "batch" and n.error is None:
             self.check_peers(where, key, peers, before)
