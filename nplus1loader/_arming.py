@@ -328,9 +328,13 @@ def profile_of(state: InstanceState[Any]) -> Profile | None:
 
 def profile_verdicts(
     decide: Callable[[Profile | None], bool],
+    loaded_alike: Callable[[InstanceState[Any]], bool] | None = None,
 ) -> Callable[[InstanceState[Any]], bool]:
     """For a scan over many states: ``decide(profile_of(state))``, computed
-    once per distinct profile.
+    once per distinct profile, and, given, ``loaded_alike(state)``, a test
+    that depends only on the state's load options and load path (the peer
+    scans' :func:`~nplus1loader._peers.same_load`), folded into the same
+    per-stamp verdict so that a run of states costs one call each.
 
     A scan asks the same question of thousands of states that share a
     handful of profiles: the verdict is cached per profile stored on a
@@ -361,10 +365,10 @@ def profile_verdicts(
         # the dict on every instance scanned that has none yet.
         profile = getattr(state, profile_key, None)
         if profile is not None:
-            return verdict_on(profile)
+            return verdict_on(profile) and (loaded_alike is None or loaded_alike(state))
         options = state.load_options
         if not options:
-            return verdict_on(None)
+            return verdict_on(None) and (loaded_alike is None or loaded_alike(state))
         path = state.load_path
         manager = state.manager
         if options is last_options and path is last_path and manager is last_manager:
@@ -372,7 +376,9 @@ def profile_verdicts(
         stamp = (id(options), id(path), manager)
         found = by_stamp.get(stamp)
         if found is None:
-            found = by_stamp[stamp] = verdict_on(profile_of(state))
+            found = by_stamp[stamp] = verdict_on(profile_of(state)) and (
+                loaded_alike is None or loaded_alike(state)
+            )
         last_options, last_path, last_manager, last_verdict = options, path, manager, found
         return found
 

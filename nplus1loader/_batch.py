@@ -346,32 +346,16 @@ def load_columns_by_key(
     else:
         stmt = run.prepare(columns_statement(mapper, keys, core=False))
         batches = run.rows(stmt, list(by_identity), size)
-    find = by_identity.get
     for _, rows in batches:
         if one_column:
             _set_committed_column(rows, by_identity, keys[0])
             continue
         for row in rows:
-            state = find(row[0] if npk == 1 else tuple(row[:npk]))
-            if state is None:
-                continue
-            dict_ = state.dict
-            if not state.committed_state and dict_.keys().isdisjoint(keys):
-                # set_committed_columns' common case, inline: it runs once
-                # per row of every refresh after a commit.
-                dict_.update(zip(keys, row[npk:], strict=False))
-                state.expired = False
-                expired = state.expired_attributes
-                if expired:
-                    expired.difference_update(keys)
-                callables = state.callables
-                if callables:
-                    for key in keys:
-                        callables.pop(key, None)
-            else:
+            state = by_identity.get(row[0] if npk == 1 else tuple(row[:npk]))
+            if state is not None:
                 set_committed_columns(state, keys, row, npk)
-            if each is not None:
-                each(state)
+                if each is not None:
+                    each(state)
     return run.statements - before
 
 

@@ -252,31 +252,17 @@ def expired_peers(
     shortcut = not trigger.committed_state and _loadable_expired(trigger) == wanted
     # A raiseload_* profile under raise mode raises on each touch: it is
     # no peer.  Under mode="raise" the others count, to tell an N+1 pattern.
-    refreshes = profile_verdicts(
+    refreshes_alike = profile_verdicts(
         lambda profile: (
             profile is not None
             and profile.refresh_mode is not None
             and not (profile.strict_refresh and effective_mode(profile.refresh_mode) == RAISE)
-        )
+        ),
+        loads_alike,
     )
-    profile_key = _compat.PROFILE_KEY
-    # As in armed_peers: one execution's instances share a stamp, judged once.
-    last_stamp: tuple[Any, Any] = (None, None)
-    last_verdict = False
     peers = [trigger]
     for state in registry_of(session).expired_candidates(mapper):
-        if state is trigger:
-            continue
-        if getattr(state, profile_key, None) is None:
-            options, path = state.load_options, state.load_path
-            if options is not last_stamp[0] or path is not last_stamp[1]:
-                last_stamp = (options, path)
-                last_verdict = refreshes(state) and loads_alike(state)
-            if not last_verdict:
-                continue
-        elif not refreshes(state) or not loads_alike(state):
-            continue
-        if state.identity_token != token:
+        if state is trigger or state.identity_token != token or not refreshes_alike(state):
             continue
         expired = state.expired_attributes
         unchanged_alike = shortcut and expired == trigger_expired and not state.committed_state

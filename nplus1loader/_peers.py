@@ -314,31 +314,15 @@ def armed_peers(
         found = profile.class_level.get(key) if profile is not None else None
         return found is not None and batches(found)
 
-    armed_by_profile = profile_verdicts(profile_batches)
     loads_alike = same_load(trigger)
-    profile_key = _compat.PROFILE_KEY
-    # The instances one execution armed share one stamp (load options, load
-    # path, mapper) and are logged together: the verdict on the previous
-    # state's stamp settles the next one's by identity, without a call.
-    last_stamp: tuple[Any, Any, Any] = (None, None, None)
-    last_verdict = False
+    armed_alike = profile_verdicts(profile_batches, loads_alike)
     peers = [trigger]
     for state in registry_of(session).lacking_candidates(prop):
         if state is trigger:
             continue
         callables = state.callables
         hook = callables.get(key) if callables else None
-        if hook is None and getattr(state, profile_key, None) is None:
-            options, path, manager = state.load_options, state.load_path, state.manager
-            stamp = last_stamp
-            if options is not stamp[0] or path is not stamp[1] or manager is not stamp[2]:
-                last_stamp = (options, path, manager)
-                last_verdict = armed_by_profile(state) and loads_alike(state)
-            if not last_verdict:
-                continue
-        elif not (armed_by_profile(state) if hook is None else batches(hook)) or not (
-            loads_alike(state)
-        ):
+        if not (armed_alike(state) if hook is None else batches(hook) and loads_alike(state)):
             continue
         committed = state.committed_state
         if committed and (
