@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 
+from . import _strategies as _strategies  # registers the loader strategies with SQLAlchemy
 from ._batch import DEFAULT_CHUNK_SIZE as DEFAULT_CHUNK_SIZE
 from ._batch import (
     bulk_load_attribute_for_instance_states as bulk_load_attribute_for_instance_states,
@@ -26,12 +27,12 @@ from ._options import nplus1loader_rels as nplus1loader_rels
 from ._options import raiseload_all as raiseload_all
 from ._options import raiseload_col as raiseload_col
 from ._options import raiseload_rel as raiseload_rel
+from ._report import Stats as Stats
 from ._report import configure as configure
+from ._report import stats as stats
 from ._session import disable as disable
 from ._session import disabled as disabled
 from ._session import enable as enable
-from ._stats import Stats as Stats
-from ._stats import stats as stats
 from .exc import LazyLoadingAttributeError as LazyLoadingAttributeError
 from .exc import NPlusOneWarning as NPlusOneWarning
 

@@ -33,14 +33,13 @@ refers to it; pickled instances come back unarmed.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.orm import ColumnProperty, Mapper
-from sqlalchemy.orm.state import InstanceState
+from sqlalchemy.orm import ColumnProperty, InstanceState, Mapper
 
-from . import _compat
+from . import _sqla
 from ._registry import Marks, marks_for, registry_of
 
 
@@ -99,7 +98,7 @@ class Profile:
         key = loader.key
         self.loaders[key] = loader
         self._marks = None
-        if _compat.class_level_loader(mapper, key) is not None:
+        if _sqla.class_level_loader(mapper=mapper, key=key) is not None:
             ensure_class_level_hook(mapper, key)
             self.class_level[key] = loader
             return True
@@ -138,7 +137,7 @@ def profile_for(
     first call also registers the row populator that arms the instances the
     rows reach (new ones, and, unless this is a batch load, ones already in
     the session)."""
-    key = ("nplus1loader.profile", _compat.natural_path(path), mapper)
+    key = ("nplus1loader.profile", _sqla.natural_path(path), mapper)
     found: Profile | None = context.attributes.get(key)
     if found is None:
         found = context.attributes[key] = Profile(chunk_size)
@@ -150,7 +149,7 @@ def profile_for(
         # whose key expired), "eager" for one already in the session.
         anchor = mapper.get_property_by_column(mapper.primary_key[0]).key
         populate = _row_populator(found, context, path, mapper)
-        populators["new"].append((anchor, populate))
+        _sqla.add_new_row_populator(populators=populators, key=anchor, populate=populate)
 
         def arm_existing(
             context: Any, path: Any, states: Any, load_keys: Any, *args: Any, **kw: Any
@@ -166,12 +165,12 @@ def profile_for(
         # armed as they were, as SQLAlchemy keeps their load options.  An
         # empty session holds none: then the rows pay nothing for it.
         if len(context.session.identity_map):
-            _compat.register_post_load(
-                context,
-                _compat.load_path_for(context, path),
-                mapper,
-                ("nplus1loader", id(found)),
-                arm_existing,
+            _sqla.register_post_load(
+                context=context,
+                path=path,
+                mapper=mapper,
+                token=("nplus1loader", id(found)),
+                fn=arm_existing,
             )
     return found
 
@@ -215,12 +214,15 @@ def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any
     hooks = profile.instance_hooks
     class_level = profile.class_level
     loaders = profile.loaders
-    profile_key = _compat.PROFILE_KEY
-    # What SQLAlchemy stamps as ``state.load_options`` on the instances
-    # this execution creates (and on those it fully reloads).
-    stamped = _compat.propagated_options(context)
-    owner = _owner(stamped) if _compat.rows_reach_one_path(context) else None
-    stamp_key = (_compat.stamped_key(context, path), mapper)
+    stored_profile = _sqla.stored_profile
+    load_options_of = _sqla.load_options_of
+    loaders_of = _sqla.loaders_of
+    install_loaders = _sqla.install_loaders
+    # What SQLAlchemy stamps as the load options of the instances this
+    # execution creates (and of those it fully reloads).
+    stamped = _sqla.propagated_options(context=context)
+    owner = _owner(stamped) if _sqla.rows_reach_one_path(context=context) else None
+    stamp_key = (_sqla.stamped_key(context=context, path=path), mapper)
     # Whether the stamp finds this very profile: decided at the first row,
     # when every strategy of the query has added its loaders.
     shared: list[bool] = []
@@ -244,29 +246,23 @@ def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any
         return _arm_alike(profiles.setdefault(stamp_key, profile), profile)
 
     def arm(state: InstanceState[Any], dict_: Any, row: Any) -> None:
-        # State is read as attributes throughout: asking for
-        # ``state.__dict__`` would create that dict on every new instance.
-        if state.load_options is stamped:
+        if load_options_of(state) is stamped:
             if not shared:
                 shared.append(share())
             if shared[0]:
                 # The stamp finds the profile: nothing to store, except to
                 # drop what an earlier query stored (this one is the latest).
-                if getattr(state, profile_key, None) is not None:
-                    delattr(state, profile_key)
+                if stored_profile(state) is not None:
+                    _sqla.forget_profile(state=state)
                 if hooks:
-                    _install_hooks(state, dict_, hooks)
+                    install_loaders(state=state, dict_=dict_, loaders=hooks)
                 enlist(state)
                 return
-        elif (
-            getattr(state, profile_key, None) is None
-            and not state.callables
-            and stamped_alike(state)
-        ):
+        elif stored_profile(state) is None and not loaders_of(state) and stamped_alike(state):
             # Already in the session, armed alike by an earlier execution
             # (another chunk of the same batch load, say): nothing changes.
             if hooks:
-                _install_hooks(state, dict_, hooks)
+                install_loaders(state=state, dict_=dict_, loaders=hooks)
             enlist(state)
             return
         elif profile.refresh_mode is None and all(key in dict_ for key in loaders):
@@ -281,18 +277,18 @@ def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any
             # armed until it is loaded or expired, as a hook of its own:
             # the latest query decides only what it covers.
             for key, loader in previous.class_level.items():
-                if key not in dict_ and key not in loaders and key not in state.callables:
-                    _compat.install_callable(state, key, loader)
+                if key not in dict_ and key not in loaders and key not in loaders_of(state):
+                    _sqla.install_loader(state=state, key=key, loader=loader)
                     registry.enlist(state, previous.marks)
-        callables = state.callables
+        callables = loaders_of(state)
         if callables:
             # An earlier query left hooks of its own on attributes this one
             # arms at class level: they would shadow the dispatch.
             for key in class_level:
                 if key in callables and key not in dict_:
-                    del callables[key]
+                    _sqla.remove_loader(state=state, key=key)
         if hooks:
-            _install_hooks(state, dict_, hooks)
+            install_loaders(state=state, dict_=dict_, loaders=hooks)
         enlist(state)
 
     return arm
@@ -302,28 +298,19 @@ def _arm_alike(one: Profile | None, other: Profile) -> bool:
     return one is other or (one is not None and one.signature() == other.signature())
 
 
-def _install_hooks(state: InstanceState[Any], dict_: Any, hooks: dict[str, Any]) -> None:
-    callables = state.__dict__.get("callables")
-    if callables is None:
-        callables = state.callables = {}
-    for key, loader in hooks.items():
-        if key not in dict_:
-            callables[key] = loader
-
-
 def profile_of(state: InstanceState[Any]) -> Profile | None:
     """The profile that armed ``state``, if any: the one stored on it, else
     the one its stamped options hold for its path and mapper."""
-    profile = getattr(state, _compat.PROFILE_KEY, None)
+    profile = _sqla.stored_profile(state)
     if profile is not None:
         return profile  # type: ignore[no-any-return]
-    owner = _owner(state.load_options)
+    owner = _owner(_sqla.load_options_of(state))
     if owner is None:
         return None
     entry = _by_option.get(id(owner))
     if entry is None:
         return None
-    return entry[1].get((_compat.stamp_key(state.load_path), state.mapper))
+    return entry[1].get((_sqla.stamp_key(_sqla.load_path_of(state)), state.mapper))
 
 
 def profile_verdicts(
@@ -347,7 +334,9 @@ def profile_verdicts(
     """
     by_profile: dict[Profile | None, bool] = {}
     by_stamp: dict[tuple[int, int, Any], bool] = {}
-    profile_key = _compat.PROFILE_KEY
+    stored_profile = _sqla.stored_profile
+    load_options_of = _sqla.load_options_of
+    load_path_of = _sqla.load_path_of
     last_options: Any = None
     last_path: Any = None
     last_manager: Any = None
@@ -361,15 +350,13 @@ def profile_verdicts(
 
     def verdict(state: InstanceState[Any]) -> bool:
         nonlocal last_options, last_path, last_manager, last_verdict
-        # Attributes, not ``state.__dict__``: asking for that would create
-        # the dict on every instance scanned that has none yet.
-        profile = getattr(state, profile_key, None)
+        profile = stored_profile(state)
         if profile is not None:
             return verdict_on(profile) and (loaded_alike is None or loaded_alike(state))
-        options = state.load_options
+        options = load_options_of(state)
         if not options:
             return verdict_on(None) and (loaded_alike is None or loaded_alike(state))
-        path = state.load_path
+        path = load_path_of(state)
         manager = state.manager
         if options is last_options and path is last_path and manager is last_manager:
             return last_verdict
@@ -386,7 +373,50 @@ def profile_verdicts(
 
 
 def set_profile(state: InstanceState[Any], profile: Profile) -> None:
-    state.__dict__[_compat.PROFILE_KEY] = profile
+    _sqla.store_profile(state=state, profile=profile)
+
+
+def restore_arming(state: InstanceState[Any], profile: Profile, keys: Iterable[str]) -> None:
+    """After SQLAlchemy refreshed ``state`` alone (replaying the options of
+    the query that first loaded it, which may arm it as that query did):
+    put back the arming of ``profile``, the latest arming query's, for the
+    refreshed ``keys``."""
+    if profile_of(state) is not profile:
+        set_profile(state, profile)
+    callables = _sqla.loaders_of(state)
+    for key in keys:
+        mine = profile.instance_hooks.get(key)
+        hook = callables.get(key)
+        if hook is mine or not getattr(hook, "is_nplus1_loader", False):
+            continue
+        if mine is None:
+            _sqla.remove_loader(state=state, key=key)
+        elif key not in state.dict:
+            _sqla.install_loader(state=state, key=key, loader=mine)
+
+
+_listening: weakref.WeakSet[Mapper[Any]] = weakref.WeakSet()
+
+
+def ensure_expire_listener(mapper: Mapper[Any]) -> None:
+    """Put per-instance hooks back after an expire, which drops them (only
+    needed where an armed attribute has no class-level loader)."""
+    if mapper in _listening:
+        return
+    _listening.add(mapper)
+    event.listen(mapper, "expire", _on_expire, raw=True)
+
+
+def _on_expire(state: InstanceState[Any], attrs: Iterable[str] | None) -> None:
+    profile = profile_of(state)
+    if profile is None or not profile.instance_hooks:
+        return
+    hooks = profile.instance_hooks
+    keys = hooks if attrs is None else [k for k in attrs if k in hooks]
+    dict_ = state.dict
+    for key in keys:
+        if key not in dict_:
+            _sqla.install_loader(state=state, key=key, loader=hooks[key])
 
 
 class ClassLevelHook:
@@ -411,9 +441,9 @@ class ClassLevelHook:
 
 def ensure_class_level_hook(mapper: Mapper[Any], key: str) -> None:
     """Wrap the class-level loader of ``mapper.key`` (once)."""
-    original = _compat.class_level_loader(mapper, key)
+    original = _sqla.class_level_loader(mapper=mapper, key=key)
     if original is not None and not isinstance(original, ClassLevelHook):
-        _compat.set_class_level_loader(mapper, key, ClassLevelHook(key, original))
+        _sqla.set_class_level_loader(mapper=mapper, key=key, loader=ClassLevelHook(key, original))
     if mapper not in _pickle_listening:
         _pickle_listening.add(mapper)
         event.listen(mapper, "pickle", _on_pickle, raw=True)
@@ -431,20 +461,18 @@ def _on_pickle(state: InstanceState[Any], state_dict: dict[str, Any]) -> None:
     profile = profile_of(state)
     if profile is None or not profile.class_level:
         return
-    from ._peers import StockLoader
-
     dict_ = state.dict
-    callables = dict(state_dict.get("callables") or {})
+    callables = _sqla.pickled_loaders(state_dict)
     added = False
     for key, loader in profile.class_level.items():
         if key in dict_ or key in callables:
             continue
         if loader.is_column or dict(loader.prop.strategy_key).get("lazy") in ("select", True):
             continue  # the mapping's own loader is the stock one: nothing to carry
-        callables[key] = StockLoader(key, loader.is_column)
+        callables[key] = _sqla.StockLoader(key, loader.is_column)
         added = True
     if added:
-        state_dict["callables"] = callables
+        _sqla.set_pickled_loaders(state_dict, callables)
 
 
 _reenlisting: weakref.WeakSet[Mapper[Any]] = weakref.WeakSet()

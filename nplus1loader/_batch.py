@@ -19,34 +19,41 @@ the attribute are set, as committed state (no history, never dirty).
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Integer, TypeDecorator, Uuid, select
+from sqlalchemy import select
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import (
     ColumnProperty,
+    InstanceState,
     Mapper,
     RelationshipDirection,
     RelationshipProperty,
     Session,
-    aliased,
 )
 from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.interfaces import ORMOption
-from sqlalchemy.orm.state import InstanceState
-from sqlalchemy.sql import visitors
 
-from . import _compat
+from . import _sqla
 from ._keys import DEFAULT_CHUNK_SIZE, KEYS_PARAM, chunks, key_filter, key_values, states_by_key
+from ._statements import (
+    Shape,
+    columns_statement,
+    primary_key_attrs,
+    relationship_batchable,
+    statement_shape,
+)
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "BatchResult",
     "bulk_load_attribute_for_instance_states",
+    "checked_chunk_size",
+    "load_expired_columns",
     "load_states",
+    "relationship_batchable",
 ]
 
 
@@ -73,7 +80,7 @@ def bulk_load_attribute_for_instance_states(
     Returns the number of SQL statements emitted.
     """
     prop = _property(mapper, attr_name)
-    size = checked_chunk_size(chunk_size)
+    size = checked_chunk_size(chunk_size, "bulk_load_attribute_for_instance_states()")
     wanted = [s for s in _unique(states) if needs_load(session, s, prop)]
     if not wanted:
         return 0
@@ -102,16 +109,43 @@ def load_states(
     """The batch itself, for states already known to need ``prop`` (see
     :func:`needs_load`; nplus1loader's peer search checks the same) and to
     share the first one's load options, load path and identity token."""
-    run = ChunkRunner(session, states[0], prop, options, autoflush)
+    run = ChunkRunner(session, states[0], prop, options, size, autoflush)
     if isinstance(prop, ColumnProperty):
-        return _load_columns(run, prop, states, size)
-    return _load_relationship(run, prop, states, size)
+        return _load_columns(run, prop, states)
+    return _load_relationship(run, prop, states)
 
 
-def checked_chunk_size(chunk_size: int | None) -> int:
-    size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
+def load_expired_columns(
+    session: Any,
+    mapper: Mapper[Any],
+    states: list[InstanceState[Any]],
+    keys: list[str],
+    size: int,
+    *,
+    autoflush: bool,
+) -> int:
+    """Refresh the expired columns ``keys`` of ``states``: one SELECT per
+    chunk of the primary key and ``keys``, as the stock refresh of the
+    first state would run it (its options, its shard); values are stored
+    as committed state and the keys are no longer expired.  Returns the
+    number of statements."""
+    trigger = states[0]
+
+    def settle(state: InstanceState[Any]) -> None:
+        if state is not trigger:
+            _sqla.settle_refreshed(state)
+
+    run = ChunkRunner(session, trigger, mapper.attrs[keys[0]], (), size, autoflush)
+    return load_columns_by_key(run, mapper, states, keys, each=settle)
+
+
+def checked_chunk_size(value: int | None, where: str) -> int:
+    """The one place ``chunk_size`` is checked and defaulted (500), for
+    every option and the public batch loader: ``where`` names the caller in
+    the error."""
+    size = DEFAULT_CHUNK_SIZE if value is None else value
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ArgumentError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        raise ArgumentError(f"{where}: chunk_size must be a positive integer, got {value!r}")
     return size
 
 
@@ -156,7 +190,7 @@ def lacks(state: InstanceState[Any], prop: Any) -> bool:
     key = prop.key
     if key in state.dict:
         return False
-    return key not in state.committed_state or bool(getattr(prop, "uselist", False))
+    return key not in _sqla.changes_of(state) or bool(getattr(prop, "uselist", False))
 
 
 # ------------------------------------------------------- the chunk runner
@@ -164,14 +198,16 @@ def lacks(state: InstanceState[Any], prop: Any) -> bool:
 
 class ChunkRunner:
     """Runs the statements of one batch, one chunk of keys at a time, the
-    way stock SQLAlchemy runs the lazy load of one instance.
+    way stock SQLAlchemy runs the lazy load of one instance: the one chunk
+    loop of every batch (:meth:`rows`).
 
     ``trigger`` is the instance whose load options the statements replay
     (the touched one, or the first of the batch): every state of a batch
-    shares its options, path and identity token.
+    shares its options, path and identity token.  ``size`` is the chunk
+    size, checked once by :func:`checked_chunk_size`.
     """
 
-    __slots__ = ("autoflush", "extra_options", "prop", "session", "statements", "trigger")
+    __slots__ = ("autoflush", "extra_options", "prop", "session", "size", "statements", "trigger")
 
     def __init__(
         self,
@@ -179,12 +215,14 @@ class ChunkRunner:
         trigger: InstanceState[Any],
         prop: Any,
         extra_options: Sequence[ORMOption],
+        size: int,
         autoflush: bool,
     ) -> None:
         self.session = session
         self.trigger = trigger
         self.prop = prop
         self.extra_options = tuple(extra_options)
+        self.size = size
         self.autoflush = autoflush
         self.statements = 0
 
@@ -195,21 +233,9 @@ class ChunkRunner:
     def prepare(self, stmt: Any) -> Any:
         """``stmt`` with what a stock load of the trigger's attribute adds:
         its load options, replayed at its path, and the compile options."""
-        trigger = self.trigger
-        load_options = trigger.load_options
-        load_path = _compat.load_path_of(trigger)
-        for_columns = isinstance(self.prop, ColumnProperty)
-        if for_columns:
-            # A deferred or expired column loads as a refresh of the row.
-            path = load_path.parent if load_options else None
-        elif load_options:
-            path = load_path[self.prop]
-        else:
-            path = trigger.mapper._path_registry[self.prop]
-        options = tuple(load_options) + self.extra_options
-        if options:
-            stmt = stmt.options(*options)
-        return _compat.as_lazy_load(stmt, path, for_columns=for_columns)
+        return _sqla.as_lazy_load(
+            stmt, state=self.trigger, prop=self.prop, extra_options=self.extra_options
+        )
 
     def columns_as_core(self) -> bool:
         """Whether a column batch can run as a plain Core SELECT, with the
@@ -222,46 +248,43 @@ class ChunkRunner:
         trigger = self.trigger
         return (
             trigger.identity_token is None
-            and not _compat.has_orm_execute_listeners(self.session)
-            and not any(_compat.is_loader_criteria(o) for o in trigger.load_options)
+            and not _sqla.has_orm_execute_listeners(self.session)
+            and not any(_sqla.is_loader_criteria(o) for o in _sqla.load_options_of(trigger))
         )
 
-    def core_rows(
-        self, stmt: Any, mapper: Mapper[Any], keys: Sequence[Any], size: int
-    ) -> Iterator[tuple[Sequence[Any], Any]]:
-        """:meth:`rows` for a Core ``stmt``: the flush stock's load would
-        make comes first, once (whether a Core statement autoflushes by
-        itself differs between SQLAlchemy 2.0 and 2.1)."""
-        session = self.session
-        if self.autoflush:
-            _compat.autoflush(session)
-        bind = {"mapper": mapper}
-        for chunk in chunks(keys, size):
-            with session.no_autoflush:
-                result = session.execute(stmt, {KEYS_PARAM: chunk}, bind_arguments=bind)
-            self.statements += 1
-            yield chunk, _compat.result_tuples(result)
-
     def rows(
-        self, stmt: Any, keys: Sequence[Any], size: int
+        self, stmt: Any, keys: Sequence[Any], *, core_mapper: Mapper[Any] | None = None
     ) -> Iterator[tuple[Sequence[Any], Any]]:
-        """Run the prepared ``stmt`` for each chunk of ``keys`` (parameter
-        values: bare for a one-column key, tuples otherwise); yields the
-        chunk and its rows (tuples, read by position)."""
-        # A column load names its shard as stock's does (identity token); a
-        # relationship load lets the session route it by lazy_loaded_from.
+        """Run ``stmt`` for each chunk of ``keys`` (parameter values: bare
+        for a one-column key, tuples otherwise); yields the chunk and its
+        rows (tuples, read by position).
+
+        An ORM ``stmt`` (prepared) runs as stock's lazy load does: the first
+        statement flushes as it would, and the session routes it (a column
+        load names its shard by identity token, a relationship load by
+        ``lazy_loaded_from``).  A Core one (``core_mapper``: the mapper whose
+        bind it runs on) flushes first, once, and then runs without
+        autoflush: whether a Core statement autoflushes by itself differs
+        between SQLAlchemy 2.0 and 2.1.
+        """
+        session = self.session
+        if core_mapper is not None and self.autoflush:
+            _sqla.autoflush(session)
         token = self.identity_token if isinstance(self.prop, ColumnProperty) else None
-        for chunk in chunks(keys, size):
-            options = _compat.lazy_load_execution_options(
-                loaded_from=self.trigger,
-                identity_token=token,
-                # The first statement flushes as a stock lazy load would;
-                # the others find nothing more to flush.
-                autoflush=self.autoflush and self.statements == 0,
-            )
-            result = self.session.execute(stmt, {KEYS_PARAM: chunk}, execution_options=options)
+        for chunk in chunks(keys, self.size):
+            params = {KEYS_PARAM: chunk}
+            if core_mapper is not None:
+                with session.no_autoflush:
+                    result = session.execute(stmt, params, bind_arguments={"mapper": core_mapper})
+            else:
+                options = _sqla.lazy_load_execution_options(
+                    loaded_from=self.trigger,
+                    identity_token=token,
+                    autoflush=self.autoflush and self.statements == 0,
+                )
+                result = session.execute(stmt, params, execution_options=options)
             self.statements += 1
-            yield chunk, _compat.result_tuples(result)
+            yield chunk, _sqla.result_tuples(result)
 
     def of_this_shard(self, obj: Any) -> bool:
         """Whether ``obj`` was loaded with the batch's identity token: a
@@ -273,12 +296,6 @@ class ChunkRunner:
 
 def _identity(state: InstanceState[Any]) -> tuple[Any, ...]:
     return state.key[1]  # type: ignore[index]
-
-
-def _primary_key_attrs(mapper: Mapper[Any], entity: Any) -> list[Any]:
-    """The primary key as attributes of ``entity``, in identity-key order
-    (the attribute names may differ from the column names)."""
-    return [getattr(entity, mapper.get_property_by_column(col).key) for col in mapper.primary_key]
 
 
 # ---------------------------------------------------------------- columns
@@ -293,137 +310,51 @@ def _column_group(prop: ColumnProperty[Any]) -> list[ColumnProperty[Any]]:
 
 
 def _load_columns(
-    run: ChunkRunner, prop: ColumnProperty[Any], states: list[InstanceState[Any]], size: int
+    run: ChunkRunner, prop: ColumnProperty[Any], states: list[InstanceState[Any]]
 ) -> BatchResult:
     keys = [p.key for p in _column_group(prop)]
-    statements = load_columns_by_key(run, prop.parent, states, size, keys)
+    statements = load_columns_by_key(run, prop.parent, states, keys)
     return BatchResult(statements, len(states))
-
-
-def columns_statement(mapper: Mapper[Any], keys: Sequence[str], *, core: bool) -> Any:
-    """SELECT the primary key and the columns of ``keys`` of ``mapper``'s
-    instances, by primary key, from the mapper's selectable (a joined
-    subclass's join): as an ORM statement of class-bound attributes, so
-    listeners and loader criteria see it as SQLAlchemy's own deferred-column
-    load, or, ``core``, the same SELECT in Core."""
-    if core:
-        key_columns = list(mapper.primary_key)
-        props = [mapper.attrs[key] for key in keys]
-        return (
-            select(*key_columns, *(p.expression for p in props))
-            .select_from(mapper.selectable)
-            .where(key_filter(key_columns))
-        )
-    entity = mapper.entity
-    key_attrs = _primary_key_attrs(mapper, entity)
-    return (
-        select(*key_attrs, *(getattr(entity, key) for key in keys))
-        .select_from(entity)
-        .where(key_filter(key_attrs))
-    )
 
 
 def load_columns_by_key(
     run: ChunkRunner,
     mapper: Mapper[Any],
     states: list[InstanceState[Any]],
-    size: int,
     keys: list[str],
     each: Callable[[InstanceState[Any]], None] | None = None,
 ) -> int:
     """Load the columns of ``keys`` for ``states`` by primary key and store
-    each row's values on its state (see :func:`set_committed_columns`);
-    ``each`` is called on every state a row came back for.  Returns the
-    number of statements."""
+    each row's values on its state as committed state, except where the
+    user changed them meanwhile (``_sqla.store_loaded_columns``); ``each``
+    is called on every state a row came back for.  Returns the number of
+    statements."""
     npk = len(mapper.primary_key)
     by_identity = states_by_key(states, npk)
-    one_column = npk == 1 and len(keys) == 1 and each is None
     before = run.statements
     if run.columns_as_core():
-        batches = run.core_rows(
-            columns_statement(mapper, keys, core=True), mapper, list(by_identity), size
-        )
+        stmt = columns_statement(mapper, keys, core=True)
+        batches = run.rows(stmt, list(by_identity), core_mapper=mapper)
     else:
         stmt = run.prepare(columns_statement(mapper, keys, core=False))
-        batches = run.rows(stmt, list(by_identity), size)
+        batches = run.rows(stmt, list(by_identity))
     for _, rows in batches:
-        if one_column:
-            _set_committed_column(rows, by_identity, keys[0])
-            continue
-        for row in rows:
-            state = by_identity.get(row[0] if npk == 1 else tuple(row[:npk]))
-            if state is not None:
-                set_committed_columns(state, keys, row, npk)
-                if each is not None:
-                    each(state)
+        _sqla.store_loaded_columns(rows, by_identity=by_identity, keys=keys, npk=npk, each=each)
     return run.statements - before
-
-
-def _set_committed_column(rows: Iterable[Any], by_identity: dict[Any, Any], key: str) -> None:
-    """:func:`set_committed_columns` for the common batch, one column by a
-    one-column key, inline in the loop over its rows: a function call per
-    row was a fifth of the time a deferred-column batch spends in Python."""
-    for identity, value in rows:
-        state = by_identity.get(identity)
-        if state is None:
-            continue
-        dict_ = state.dict
-        if key in dict_ or key in state.committed_state:
-            continue  # changed in memory meanwhile
-        dict_[key] = value
-        state.expired = False
-        expired = state.expired_attributes
-        if expired:
-            expired.discard(key)
-        callables = state.callables
-        if callables:
-            callables.pop(key, None)
-
-
-def set_committed_columns(
-    state: InstanceState[Any], keys: list[str], row: Any, offset: int
-) -> None:
-    """Store loaded columns as committed state, except those changed in
-    memory meanwhile (the group may hold some).
-
-    The bookkeeping of ``InstanceState._commit`` for keys that had no
-    committed value, inline: it runs once per instance of every batch.
-    """
-    dict_ = state.dict
-    committed = state.committed_state
-    if not committed and dict_.keys().isdisjoint(keys):
-        # The common case (nothing changed, nothing there): in one step.
-        dict_.update(zip(keys, row[offset:], strict=False))
-        loaded = keys
-    else:
-        loaded = []
-        for position, key in enumerate(keys, offset):
-            if key not in dict_ and key not in committed:
-                dict_[key] = row[position]
-                loaded.append(key)
-        if not loaded:
-            return
-    state.expired = False
-    if state.expired_attributes:
-        state.expired_attributes.difference_update(loaded)
-    callables = state.callables
-    if callables:
-        for key in loaded:
-            callables.pop(key, None)
 
 
 # ---------------------------------------------------------- relationships
 
 
 def _load_relationship(
-    run: ChunkRunner, prop: RelationshipProperty[Any], states: list[InstanceState[Any]], size: int
+    run: ChunkRunner, prop: RelationshipProperty[Any], states: list[InstanceState[Any]]
 ) -> BatchResult:
     if prop.direction is RelationshipDirection.MANYTOONE:
-        strategy = _compat.lazy_strategy(prop)
+        strategy = _sqla.lazy_strategy(prop=prop)
         if strategy.use_get:
-            return _load_many_to_one_by_identity(run, prop, strategy, states, size)
-    shape = _statement_shape(prop)
-    statements = _collect(run, prop, shape, states, size)
+            return _load_many_to_one_by_identity(run, prop, strategy, states)
+    shape = statement_shape(prop)
+    statements = _collect(run, prop, shape, states)
     return BatchResult(statements, len(states))
 
 
@@ -432,7 +363,6 @@ def _load_many_to_one_by_identity(
     prop: RelationshipProperty[Any],
     strategy: Any,
     states: list[InstanceState[Any]],
-    size: int,
 ) -> BatchResult:
     """A many-to-one whose foreign key points at the target's primary key:
     read the key from each parent (its current value, as stock does), take
@@ -442,7 +372,7 @@ def _load_many_to_one_by_identity(
     target = prop.mapper
     key = prop.key
     # The parent attributes holding the target's primary key, in its order.
-    equated = _compat.equated_columns(strategy)
+    equated = _sqla.equated_columns(strategy=strategy)
     fk_keys = [prop.parent.get_property_by_column(equated[pk]).key for pk in target.primary_key]
     partial_ok = target.allow_partial_pks
     identity_map = run.session.identity_map
@@ -487,11 +417,11 @@ def _load_many_to_one_by_identity(
     before = run.statements
     if wanted:
         entity = prop.entity.entity
-        pk_attrs = _primary_key_attrs(target, entity)
+        pk_attrs = primary_key_attrs(target, entity)
         stmt = run.prepare(select(entity).where(key_filter(pk_attrs)))
         found_by_key: dict[tuple[Any, ...], Any] = {}
         npk = len(pk_attrs)
-        for _, rows in run.rows(stmt, key_values(list(wanted)), size):
+        for _, rows in run.rows(stmt, key_values(list(wanted))):
             for row in rows:
                 obj = row[0]
                 if run.of_this_shard(obj):
@@ -509,174 +439,17 @@ def _load_many_to_one_by_identity(
 
     for state, value in resolved:
         if lacks(state, prop):
-            _compat.set_committed_value(state, key, value)
+            _sqla.set_committed_value(state=state, key=key, value=value)
     if undecided:
-        _collect(run, prop, _statement_shape(prop, by_join=True), undecided, size)
+        _collect(run, prop, statement_shape(prop, by_join=True), undecided)
     return BatchResult(run.statements - before, stock)
-
-
-@dataclass(frozen=True)
-class _Shape:
-    """How a relationship's batch SELECT names the parent of each row:
-    ``select`` yields the parent's key columns, then the target; ``unique``
-    is whether a target can come twice for one parent (through a
-    secondary table or other joined rows), which stock's ``unique()``
-    removes."""
-
-    select: Any
-    npk: int
-    unique: bool
-
-
-_per_property: weakref.WeakKeyDictionary[Mapper[Any], dict[tuple[str, str], Any]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def per_property(prop: Any, fact: str, compute: Callable[[], Any]) -> Any:
-    """``compute()`` once per mapped property and ``fact``: what depends on
-    the mapping alone (statement shapes, join columns), kept as long as the
-    mapper lives."""
-    facts = _per_property.setdefault(prop.parent, {})
-    key = (prop.key, fact)
-    if key not in facts:
-        facts[key] = compute()
-    return facts[key]
-
-
-def _statement_shape(prop: RelationshipProperty[Any], by_join: bool = False) -> _Shape:
-    """The batch SELECT of ``prop`` before options."""
-
-    def build() -> _Shape:
-        remote = None if by_join else _omit_join_columns(prop)
-        if remote is not None:
-            return _select_by_foreign_key(prop, remote)
-        return _select_through_parent(prop)
-
-    return per_property(prop, "join shape" if by_join else "shape", build)  # type: ignore[no-any-return]
-
-
-_SUBQUERIES = frozenset({"select", "scalar_select", "subquery", "lateral", "exists"})
-
-
-def relationship_batchable(prop: RelationshipProperty[Any]) -> bool:
-    """Whether a batch can load ``prop`` for many parents at once.  A join
-    condition holding a subquery correlated to the parent (the latest row
-    of each parent, say) cannot take the parent's columns from an alias, nor
-    can a target mapped over a selectable of its own (SQLAlchemy 2.0's
-    ``non_primary`` mappers): such relationships load one instance at a
-    time, as stock does."""
-
-    def decide() -> bool:
-        if getattr(prop.mapper, "non_primary", False):
-            return False
-        many_to_one = prop.direction is RelationshipDirection.MANYTOONE
-        if many_to_one and _compat.lazy_strategy(prop).use_get:
-            return True
-        criterion, _ = _compat.lazy_clause(prop)
-        return not any(
-            getattr(element, "__visit_name__", None) in _SUBQUERIES
-            for element in visitors.iterate(criterion)
-        )
-
-    return per_property(prop, "batchable", decide)  # type: ignore[no-any-return]
-
-
-def _omit_join_columns(prop: RelationshipProperty[Any]) -> list[Any] | None:
-    """For a one-to-many whose join condition is just "the target's foreign
-    key equals the parent's primary key", the target's foreign-key
-    attributes in the order of the parent's primary key: the batch then
-    selects the targets by foreign key, without joining the parent (what
-    ``selectinload`` does).  None for every other shape."""
-    if prop.direction is not RelationshipDirection.ONETOMANY or prop.secondary is not None:
-        return None
-    if not _compat.selectin_omits_join(prop) or _compat.target_correlates_to_parent(prop):
-        return None
-    # Set on every configured relationship (typed Optional in 2.0).
-    pairs = cast("Sequence[tuple[Any, Any]]", prop.local_remote_pairs)
-    if not all(_exact_key_type(remote) for _, remote in pairs):
-        return None
-    parent = prop.parent
-    target = prop.mapper
-    by_key: dict[str, Any] = {}
-    for local, remote in pairs:
-        by_key[parent.get_property_by_column(local).key] = remote
-    entity = prop.entity.entity
-    attrs = []
-    for pk in parent.primary_key:
-        remote = by_key.get(parent.get_property_by_column(pk).key)
-        if remote is None:
-            return None
-        try:
-            attrs.append(getattr(entity, target.get_property_by_column(remote).key))
-        except Exception:  # the foreign key is not mapped on the target
-            return None
-    return attrs
-
-
-def _exact_key_type(column: Any) -> bool:
-    """Integer and UUID keys compare exactly everywhere.  Strings do not
-    (MySQL ignores case and trailing spaces): a row's foreign key could then
-    differ from the parent key it matched, so those shapes join the parent."""
-    column_type = column.type
-    return isinstance(column_type, Integer | Uuid) and not isinstance(column_type, TypeDecorator)
-
-
-def _stock_like(prop: RelationshipProperty[Any], stmt: Any) -> Any:
-    """What stock lazy loading adds to the SELECT of a relationship: its
-    ORDER BY and the rule that the targets do not eager-load their way back
-    to the parent."""
-    order_by = _compat.lazy_order_by(prop)
-    if order_by:
-        stmt = stmt.order_by(*order_by)
-    return _compat.add_compile_state_func(stmt, _compat.reverse_lazyload(prop), prop)
-
-
-def _select_by_foreign_key(prop: RelationshipProperty[Any], remote: list[Any]) -> _Shape:
-    """SELECT the targets' foreign key next to the targets, by foreign key."""
-    stmt = select(*remote, prop.entity.entity).where(key_filter(remote))
-    return _Shape(_stock_like(prop, stmt), len(remote), unique=False)
-
-
-def _select_through_parent(prop: RelationshipProperty[Any]) -> _Shape:
-    """Any relationship shape: stock's own lazy clause, its parent columns
-    taken from an alias of the parent, whose primary key (selected next to
-    the target) picks the chunk.  The FROM list is the lazy load's own
-    (target, secondary and any other table the join condition names) plus
-    the alias."""
-    parent = prop.parent
-    parent_alias = aliased(parent.class_)
-    pk_columns = [_compat.adapt_to_alias(parent_alias, col) for col in parent.primary_key]
-    target = prop.entity.entity
-    stmt = select(*pk_columns, target)
-    if _compat.target_correlates_to_parent(prop):
-        # A LATERAL target is selected beside the parent it correlates to.
-        stmt = stmt.select_from(parent_alias).join(
-            getattr(parent_alias, prop.key).of_type(target)
-        )
-    else:
-        criterion, bind_to_col = _compat.lazy_clause(prop)
-
-        def parent_column(element: Any, **kw: Any) -> Any:
-            if getattr(element, "__visit_name__", None) == "bindparam":
-                column = bind_to_col.get(_compat.bind_key(element))
-                if column is not None:
-                    return _compat.adapt_to_alias(parent_alias, column)
-            return None
-
-        stmt = stmt.where(visitors.replacement_traverse(criterion, {}, parent_column))
-        if prop.secondary is not None:
-            stmt = stmt.select_from(prop.mapper, prop.secondary)
-    stmt = stmt.where(key_filter(pk_columns))
-    return _Shape(_stock_like(prop, stmt), len(pk_columns), unique=True)
 
 
 def _collect(
     run: ChunkRunner,
     prop: RelationshipProperty[Any],
-    shape: _Shape,
+    shape: Shape,
     states: list[InstanceState[Any]],
-    size: int,
 ) -> int:
     """Run the shape's statement chunk by chunk and give every parent its
     targets, in row order, each once."""
@@ -686,7 +459,7 @@ def _collect(
     stmt = run.prepare(shape.select)
     by_identity = states_by_key(states, npk)
     before = run.statements
-    for chunk, rows in run.rows(stmt, list(by_identity), size):
+    for chunk, rows in run.rows(stmt, list(by_identity)):
         collected: dict[Any, list[Any]] = {ident: [] for ident in chunk}
         for row in rows:
             target = row[npk]
@@ -695,7 +468,7 @@ def _collect(
                 bucket.append(target)
         for ident, values in collected.items():
             state = by_identity[ident]
-            if key in state.dict or (key in state.committed_state and not uselist):
+            if not lacks(state, prop):
                 continue  # changed in memory meanwhile
             if shape.unique and len(values) > 1:
                 values = list({id(v): v for v in values}.values())
@@ -703,10 +476,10 @@ def _collect(
                 value: Any = values
             else:
                 if len(values) > 1:
-                    _compat.warn(
-                        "Multiple rows returned with uselist=False for lazily-loaded "
+                    _sqla.warn(
+                        message="Multiple rows returned with uselist=False for lazily-loaded "
                         f"attribute '{prop}' "
                     )
                 value = values[0] if values else None
-            _compat.set_committed_value(state, key, value)
+            _sqla.set_committed_value(state=state, key=key, value=value)
     return run.statements - before

@@ -36,9 +36,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.visitors import InternalTraversal
 
-from . import _compat
+from . import _sqla
 
 DEFAULT_CHUNK_SIZE = 500
 """Instances per query; the same default as SQLAlchemy's ``selectinload``."""
@@ -66,7 +65,6 @@ class KeyIn(ColumnElement[bool]):
     ``IN``."""
 
     __visit_name__ = "nplus1loader_key_in"
-    _traverse_internals = [("column", InternalTraversal.dp_clauseelement)]
     inherit_cache = True
     type = Boolean()
 
@@ -76,7 +74,8 @@ class KeyIn(ColumnElement[bool]):
 
 
 # A comparison, not a boolean value: rendered as is in WHERE, never "= 1".
-_compat.mark_implicitly_boolean(KeyIn)
+_sqla.mark_implicitly_boolean(KeyIn)
+_sqla.declare_cache_key(KeyIn, clauses=("column",))
 
 
 @compiles(KeyIn)

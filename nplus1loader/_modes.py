@@ -20,14 +20,8 @@ same, in the one place it is documented for users):
 from __future__ import annotations
 
 import os
-import sys
-import warnings
-from typing import Any
 
 from sqlalchemy.exc import ArgumentError
-
-from ._logging import CallSite
-from .exc import NPlusOneWarning
 
 LOAD = "load"
 WARN = "warn"
@@ -93,36 +87,3 @@ def set_test_mode(mode: str | None) -> str | None:
     previous = _test_mode
     _test_mode = None if mode is None else check_mode(mode, "@pytest.mark.nplus1")
     return previous
-
-
-def warn_at(message: str, site: CallSite | None, pattern: object = None) -> None:
-    """Emit :class:`NPlusOneWarning` attributed to the user's line ``site``,
-    not to SQLAlchemy's attribute machinery: warning filters by module,
-    pytest's warnings summary and ``-W error`` then point at the loop to
-    fix.  ``pattern`` is the warning's ``pattern`` attribute (the report's
-    fields, as on the error).  ``warn_explicit``, because under ``AsyncSession`` the user's line
-    is on another greenlet's stack, out of ``stacklevel``'s reach."""
-    warning = NPlusOneWarning(message)
-    warning.pattern = pattern
-    if site is None:
-        warnings.warn(warning, stacklevel=2)
-        return
-    module_globals = _globals_of(site)
-    registry: Any = (
-        module_globals.setdefault("__warningregistry__", {}) if module_globals else None
-    )
-    module = str(module_globals.get("__name__", "")) if module_globals else ""
-    warnings.warn_explicit(
-        warning,
-        NPlusOneWarning,
-        site.filename,
-        site.lineno,
-        module=module or None,
-        registry=registry,
-        module_globals=module_globals,
-    )
-
-
-def _globals_of(site: CallSite) -> dict[str, Any] | None:
-    module = sys.modules.get(site.module) if site.module else None
-    return vars(module) if module is not None else None

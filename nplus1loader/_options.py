@@ -5,8 +5,8 @@ class-bound attributes), which kinds (columns, relationships), which mode
 (batch-load or raise).  Used standalone it applies to the query's lead
 entities; chained (``joinedload(User.articles).nplus1loader('*')``) it applies
 to the entity at the end of the chain.  At compile time it writes one
-:class:`~nplus1loader._strategies.ArmedElement` per attribute it covers, which
-the strategies in ``_strategies`` read.
+:class:`~nplus1loader._plan.ArmedElement` per attribute it covers (the
+plan), which the strategies in ``_strategies`` read.
 """
 
 from __future__ import annotations
@@ -16,15 +16,20 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import inspect
 from sqlalchemy.exc import ArgumentError
-from sqlalchemy.orm import ColumnProperty, Load, Mapper, RelationshipProperty
+from sqlalchemy.orm import ColumnProperty, InstanceState, Load, Mapper, RelationshipProperty
 from sqlalchemy.orm.attributes import QueryableAttribute
 from sqlalchemy.orm.interfaces import LoaderOption
-from sqlalchemy.orm.state import InstanceState
-from sqlalchemy.sql.visitors import InternalTraversal
 
-from . import _compat
+from . import _sqla
+from ._batch import checked_chunk_size
 from ._modes import LOAD, RAISE, check_mode
-from ._strategies import COL_KEYS, REL_KEYS, ArmedElement, watch_later_options
+from ._plan import (
+    COL_KEYS,
+    REL_KEYS,
+    ArmedElement,
+    provide_batch_option,
+    watch_later_options,
+)
 
 COLUMNS = "columns"
 RELATIONSHIPS = "relationships"
@@ -61,7 +66,7 @@ class Nplus1Option(LoaderOption):
     __slots__ = ()
 
 
-class ArmOption(_compat.ImmutableOption, Nplus1Option):
+class ArmOption(_sqla.OptionBase, Nplus1Option):
     """Arms attributes of the entities a query loads (see module docstring).
 
     Nothing is written into an option once it is made: the profiles that the
@@ -90,7 +95,7 @@ class ArmOption(_compat.ImmutableOption, Nplus1Option):
     mode: str
     strict: bool
     nested: bool
-    chunk_size: int | None
+    chunk_size: int
     prefix: tuple[Any, ...]
     names: tuple[str, ...]
     bound_entities: tuple[Any, ...]
@@ -102,24 +107,6 @@ class ArmOption(_compat.ImmutableOption, Nplus1Option):
     #: Whether the option is the one :func:`nplus1loader.enable` adds: it
     #: never replaces what an nplus1 option of the query itself chose.
     session_wide: bool
-
-    # The entities of class-bound attributes by their cache keys, as
-    # SQLAlchemy's own options have them: two equal ``aliased(User)`` give
-    # equal keys (and share one compiled statement), two aliases of other
-    # names do not.
-    _traverse_internals = [
-        ("prefix", InternalTraversal.dp_has_cache_key_list),
-        ("names", InternalTraversal.dp_plain_obj),
-        ("bound_entities", InternalTraversal.dp_has_cache_key_list),
-        ("bound_keys", InternalTraversal.dp_plain_obj),
-        ("kinds", InternalTraversal.dp_plain_obj),
-        ("mode", InternalTraversal.dp_plain_obj),
-        ("nested", InternalTraversal.dp_plain_obj),
-        ("chunk_size", InternalTraversal.dp_plain_obj),
-        ("arms_batches", InternalTraversal.dp_plain_obj),
-        ("session_wide", InternalTraversal.dp_plain_obj),
-        ("strict", InternalTraversal.dp_plain_obj),
-    ]
 
     # Carried along on loaded instances, so a refresh of an armed instance
     # (``session.refresh(obj)``) arms it again; and the stamp by which the
@@ -140,12 +127,7 @@ class ArmOption(_compat.ImmutableOption, Nplus1Option):
         arms_batches: bool = False,
         session_wide: bool = False,
     ) -> None:
-        if chunk_size is not None and (
-            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-        ):
-            raise ArgumentError(
-                f"{option_name}(): chunk_size must be a positive integer, got {chunk_size!r}"
-            )
+        self.chunk_size = checked_chunk_size(chunk_size, f"{option_name}()")
         self.option_name = option_name
         self.kinds = kinds
         self.mode = mode
@@ -154,7 +136,6 @@ class ArmOption(_compat.ImmutableOption, Nplus1Option):
         # enable()) raises only for an N+1 pattern (issue 17).
         self.strict = option_name.startswith("raiseload")
         self.nested = bool(nested)
-        self.chunk_size = chunk_size
         self.arms_batches = arms_batches
         self.session_wide = session_wide
         self.prefix = (prefix,) if prefix is not None else ()
@@ -212,6 +193,8 @@ class ArmOption(_compat.ImmutableOption, Nplus1Option):
         for name in _STATE_SLOTS:
             setattr(self, name, state.get(name, _STATE_DEFAULTS.get(name)))
         self.bound_entities = tuple(inspect(cls) for cls in self.bound_entities)
+        # Earlier versions kept ``None`` for the default chunk size.
+        self.chunk_size = checked_chunk_size(self.chunk_size, f"{self.option_name}()")
 
     # -- validation -------------------------------------------------------
 
@@ -251,32 +234,27 @@ class ArmOption(_compat.ImmutableOption, Nplus1Option):
 
     # -- compile time -----------------------------------------------------
 
-    def process_compile_state(self, compile_state: Any) -> None:
-        self._process(compile_state, _compat.mapper_entities(compile_state))
-
-    def process_compile_state_replaced_entities(
-        self, compile_state: Any, mapper_entities: Sequence[Any]
-    ) -> None:
-        self._process(compile_state, list(mapper_entities))
-
-    def _process(self, compile_state: Any, entities: list[Any]) -> None:
+    def apply(self, compile_state: Any, entities: list[Any]) -> None:
+        """Write the plan for the statement's ``entities`` (SQLAlchemy calls
+        this through ``_sqla.OptionBase`` as it compiles the statement)."""
         watch_later_options(compile_state)
-        current = _compat.natural_path(_compat.current_path(compile_state))
+        current = _sqla.natural_path(_sqla.current_path(compile_state=compile_state))
         replaying = bool(current)
+        refresh = _sqla.is_refresh(compile_state=compile_state)
         if self.prefix:
             prefix = self.prefix[0]
-            prefix.process_compile_state(compile_state)
-            targets = _prefixed_targets(
-                prefix, entities, current, strict=not _compat.is_refresh(compile_state)
-            )
+            _sqla.apply_option(option=prefix, compile_state=compile_state)
+            targets = _prefixed_targets(prefix, entities, current, strict=not refresh)
         elif replaying and not self.arms_batches:
             # A lazy load or refresh replaying the options its instance was
             # loaded with: what it brings in is armed by the option that our
             # own loads add (nested=True), never by the replayed one.
             return
         else:
-            targets = [(_compat.entity_path(e), e.mapper, e.entity_zero) for e in entities]
-            if not replaying and not _compat.is_refresh(compile_state):
+            targets = [
+                (_sqla.entity_path(query_entity=e), e.mapper, e.entity_zero) for e in entities
+            ]
+            if not replaying and not refresh:
                 self._check_bound_apply(targets)
         for path, mapper, entity in targets:
             self._arm_entity(compile_state, path, mapper, entity)
@@ -301,7 +279,7 @@ class ArmOption(_compat.ImmutableOption, Nplus1Option):
         props = self._props_for(mapper, entity)
         for prop, wild in props:
             prop_path = path[prop]
-            exact_key = _compat.loader_keys(prop_path)[0]
+            exact_key = _sqla.loader_keys(prop_path=prop_path)[0]
             if exact_key in taken:
                 continue
             existing = compile_state.attributes.get(exact_key)
@@ -333,7 +311,7 @@ class ArmOption(_compat.ImmutableOption, Nplus1Option):
             if id(prop) in seen:
                 continue
             seen.add(id(prop))
-            exact_key = _compat.loader_keys(path[prop])[0]
+            exact_key = _sqla.loader_keys(prop_path=path[prop])[0]
             if exact_key in taken:
                 continue
             existing = compile_state.attributes.get(exact_key)
@@ -375,7 +353,26 @@ class ArmOption(_compat.ImmutableOption, Nplus1Option):
         return isinstance(prop, ColumnProperty) and COLUMNS in self.kinds
 
 
-#: What pickles of an option (``state.load_options`` of a pickled instance).
+# The entities of class-bound attributes by their cache keys, as SQLAlchemy's
+# own options have them: two equal ``aliased(User)`` give equal keys (and
+# share one compiled statement), two aliases of other names do not.
+_sqla.declare_cache_key(
+    ArmOption,
+    keyed=("prefix", "bound_entities"),
+    plain=(
+        "names",
+        "bound_keys",
+        "kinds",
+        "mode",
+        "nested",
+        "chunk_size",
+        "arms_batches",
+        "session_wide",
+        "strict",
+    ),
+)
+
+#: What pickles of an option (the load options of a pickled instance).
 _STATE_SLOTS = tuple(name for name in ArmOption.__slots__ if name != "__weakref__")
 _STATE_DEFAULTS: dict[str, Any] = {
     "arms_batches": False,
@@ -416,8 +413,8 @@ def _prefixed_targets(
     load started from, as SQLAlchemy does for its own chained options)."""
     path = getattr(prefix, "path", None)
     if path is None or not len(path):
-        return [(_compat.entity_path(e), e.mapper, e.entity_zero) for e in entities]
-    steps = _compat.natural_path(path)
+        return [(_sqla.entity_path(query_entity=e), e.mapper, e.entity_zero) for e in entities]
+    steps = _sqla.natural_path(path)
     if current:
         if steps[: len(current)] != current or len(steps) <= len(current):
             return []
@@ -426,7 +423,7 @@ def _prefixed_targets(
     targets = []
     for entity in entities:
         if entity.mapper is getattr(head, "mapper", None) or entity.entity_zero is head:
-            target = _compat.entity_path(entity)
+            target = _sqla.entity_path(query_entity=entity)
             for i in range(0, len(rest), 2):
                 target = target[rest[i]][rest[i + 1]]
             last = rest[-1] if rest else head
@@ -593,6 +590,9 @@ def batch_arming_option(chunk_size: int | None, mode: str = LOAD) -> ArmOption:
     return found
 
 
+provide_batch_option(batch_arming_option)
+
+
 def default_columns(model: Any) -> Nplus1Load:
     """The model's own column loading as an option: deferred columns stay
     deferred (groups kept, ``raiseload=True`` kept), the others are loaded.
@@ -652,4 +652,4 @@ for _name, _kinds, _mode, _nested in (
     ("raiseload_col", (COLUMNS,), RAISE, False),
     ("raiseload_rel", (RELATIONSHIPS,), RAISE, False),
 ):
-    _compat.attach_loader_method(_name, _chained(_name, _kinds, _mode, _nested))
+    _sqla.attach_loader_method(name=_name, method=_chained(_name, _kinds, _mode, _nested))

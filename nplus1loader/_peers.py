@@ -1,277 +1,36 @@
-"""What happens when an armed attribute is touched: find its armed peers in
-the session and batch-load the attribute for all of them.
+"""Which armed instances of the session a touch loads with the touched one.
 
-An instance is *armed* for an attribute when the query that loaded it
-(or the latest nplus1 query that reached it) left an :class:`ArmedLoader`
-for it: in its profile (see ``_arming``), or as a per-instance hook in
-``state.callables[key]``.  SQLAlchemy calls the loader on first access.
-Peers are looked up in the session's identity map at touch time, so
-instances from other queries count when they were armed too, and loaders
-and profiles hold no reference to any instance: dropping an object frees it.
+A batch loads one attribute for every instance of the session that is
+armed for it (in load mode), still lacks it, and would load it with the
+very statement the touched instance's load runs: the same identity token
+(shard), load path and load options (stock replays each instance's own),
+and the join values it reads unchanged in memory.  Expired columns batch
+with every armed instance of the mapper that has exactly the same
+attributes to refresh.
+
+The search runs over the session's candidates for the attribute (see
+``_registry``), not its identity map: its cost is the batch's.  The
+verdicts on the hooks, profiles and load options that thousands of
+instances share are cached for the length of one scan.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.orm import LoaderCallableStatus, PassiveFlag
-from sqlalchemy.orm.state import InstanceState
+from sqlalchemy.orm import InstanceState
 
-from . import _compat
-from ._arming import profile_of, profile_verdicts
-from ._batch import (
-    checked_chunk_size,
-    lacks,
-    load_states,
-    per_property,
-    relationship_batchable,
-)
-from ._logging import find_call_site, log_batch
-from ._modes import LOAD, RAISE, WARN, effective_mode, warn_at
+from . import _sqla
+from ._arming import profile_verdicts
+from ._batch import lacks
+from ._modes import RAISE, effective_mode
 from ._registry import registry_of
-from ._report import (
-    COLUMN,
-    RELATIONSHIP,
-    Pattern,
-    fix_for,
-    loading_for,
-    record,
-    threshold,
-)
-from ._stats import record_batch
-from .exc import LazyLoadingAttributeError
+from ._statements import per_property
 
-__all__ = ["LOAD", "RAISE", "WARN", "ArmedLoader", "StockLoader", "armed_peers"]
+__all__ = ["armed_peers", "expired_peers", "relationship_join_keys", "same_load"]
 
 
-class ArmedLoader:
-    """The loader callable of one armed attribute.
-
-    One object is shared by every instance that one query armed at one
-    path, through their profile or as their per-instance hook.  ``strategy`` is the loader
-    strategy that armed the attribute; its stock ``_load_for_state`` is the
-    fallback for everything a batch must not do (no SQL allowed, detached,
-    pending, a row that vanished).
-    """
-
-    __slots__ = ("chunk_size", "criteria", "key", "mode", "nested", "prop", "strategy")
-
-    def __init__(
-        self,
-        strategy: Any,
-        mode: str,
-        nested: bool,
-        chunk_size: int | None,
-        criteria: tuple[Any, ...] = (),
-    ) -> None:
-        self.strategy = strategy
-        self.prop = strategy.parent_property
-        self.key = self.prop.key
-        self.mode = mode
-        self.nested = nested
-        self.chunk_size = chunk_size
-        # The with_loader_criteria options of the arming query: stock lazy
-        # loads apply them (state.load_options), so the batch does too, and
-        # only instances armed under the very same options are peers.
-        self.criteria = criteria
-
-    #: How the arming machinery tells our hooks from SQLAlchemy's.
-    is_nplus1_loader = True
-
-    def __repr__(self) -> str:
-        return f"<ArmedLoader {self.prop} mode={self.mode}>"
-
-    def signature(self) -> tuple[Any, ...]:
-        """What this loader does (see Profile.signature)."""
-        return (
-            self.prop,
-            self.mode,
-            self.nested,
-            self.chunk_size,
-            tuple(id(option) for option in self.criteria),
-        )
-
-    def batches_with(self, other: ArmedLoader, raise_hooks_load: bool) -> bool:
-        """Whether instances armed with this loader are peers of ``other``'s:
-        the same attribute, in load mode, under the very same loader
-        criteria options (stock lazy loads would apply them)."""
-        return (
-            (raise_hooks_load or self.mode != RAISE)
-            and self.prop is other.prop
-            and len(self.criteria) == len(other.criteria)
-            and all(a is b for a, b in zip(self.criteria, other.criteria, strict=True))
-        )
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # A pickled instance comes back without its peers: restore it with
-        # SQLAlchemy's own per-attribute behaviour.
-        return (StockLoader, (self.key, self.is_column))
-
-    def __call__(self, state: InstanceState[Any], passive: PassiveFlag) -> Any:
-        mode = effective_mode(self.mode)
-        if mode == RAISE and getattr(self.strategy, "_nplus1_mode", LOAD) == RAISE:
-            # raiseload_all / raiseload_col / raiseload_rel: every touch.
-            return self._raise(state, passive)
-        session = state.session
-        if (
-            session is None
-            or state.key is None
-            or not passive & PassiveFlag.SQL_OK
-            or passive & PassiveFlag.DEFERRED_HISTORY_LOAD
-            or (self.is_many_to_one and not passive & PassiveFlag.RELATED_OBJECT_OK)
-        ):
-            # Without RELATED_OBJECT_OK (the flush reading a many-to-one's
-            # history) SQLAlchemy only looks in the identity map: no SQL.
-            # A deferred history load wants the old value of an attribute
-            # set in memory, returned, not stored: stock's business.
-            return self._stock(state, passive)
-        if not self.is_column and not relationship_batchable(self.prop):
-            return self._stock(state, passive)
-        join_keys = self.join_keys
-        if join_keys:
-            # What stock reads first: the parent's values the load is keyed
-            # by, refreshing them if they expired (which raises
-            # ObjectDeletedError for a row deleted behind the session).
-            dict_ = state.dict
-            for key in join_keys:
-                if key not in dict_:
-                    found = _compat.load_attribute(state, key, passive & ~PassiveFlag.INIT_OK)
-                    if found is LoaderCallableStatus.PASSIVE_NO_RESULT:
-                        return self._stock(state, passive)
-            if self.key in dict_:
-                return LoaderCallableStatus.ATTR_WAS_SET
-            if any(key in state.committed_state for key in join_keys):
-                # Changed in memory: stock loads by the new values.
-                return self._stock(state, passive)
-        peers = armed_peers(session, state, self)
-        query_site = _query_site_of(state)
-        pattern = None
-        if len(peers) >= threshold():
-            # An N+1 pattern (issue 17): what raise mode raises for, warn
-            # mode warns about, and a test run reports.
-            pattern = self._pattern(state, len(peers), query_site)
-            record(pattern)
-            if mode == RAISE and not passive & PassiveFlag.NO_RAISE:
-                raise LazyLoadingAttributeError(pattern.model, self.key, pattern.message(), pattern)
-        if len(peers) < 2:
-            # One instance is no N+1 pattern (unless threshold=1 says so):
-            # the very statement stock runs.
-            with loading_for(query_site):
-                loaded = self._stock(state, passive)
-            if mode == WARN and pattern is not None:
-                warn_at(pattern.message(), pattern.touch_site, pattern)
-            return loaded
-        model = self.prop.parent.class_.__name__
-        site = pattern.touch_site if pattern is not None else find_call_site()
-        options = _nested_options(self) if self.nested and not self.is_column else ()
-        with loading_for(query_site):
-            batch = load_states(
-                session,
-                self.prop,
-                peers,
-                checked_chunk_size(self.chunk_size),
-                options,
-                autoflush=not passive & PassiveFlag.NO_AUTOFLUSH,
-            )
-        # Reported once the batch has run: a batch that failed (a lost
-        # connection, MissingGreenlet under asyncio) loaded nothing.
-        registry_of(session).drop_batched(self.prop, peers)
-        record_batch(session, len(peers), batch.statements, batch.stock)
-        log_batch(model, self.key, len(peers), site, pattern.log_fields() if pattern else None)
-        if mode == WARN and pattern is not None:
-            warn_at(pattern.message(), site, pattern)
-        if self.key in state.dict:
-            return LoaderCallableStatus.ATTR_WAS_SET
-        # The batch found no row for this instance (deleted behind the
-        # session): let SQLAlchemy load it alone, and raise as it would.
-        return self._stock(state, passive)
-
-    def _pattern(self, state: InstanceState[Any], instances: int, query_site: Any) -> Pattern:
-        kind = COLUMN if self.is_column else RELATIONSHIP
-        return Pattern(
-            model=self.prop.parent.class_.__name__,
-            attribute=self.key,
-            kind=kind,
-            instances=instances,
-            query_site=query_site,
-            touch_site=find_call_site(),
-            fix=fix_for(_compat.load_path_of(state), self.prop, kind),
-        )
-
-    @property
-    def join_keys(self) -> tuple[str, ...]:
-        """The parent's attributes a stock load of this relationship reads
-        to build its WHERE clause (none for a column: it loads by identity)."""
-        if self.is_column:
-            return ()
-        return relationship_join_keys(self.prop)
-
-    @property
-    def is_many_to_one(self) -> bool:
-        direction = getattr(self.prop, "direction", None)
-        return direction is not None and direction.name == "MANYTOONE"
-
-    @property
-    def is_column(self) -> bool:
-        return not hasattr(self.prop, "direction")
-
-    def _stock(self, state: InstanceState[Any], passive: PassiveFlag) -> Any:
-        """SQLAlchemy's own load of this one instance; with ``nested``, what
-        it brings in is armed in turn (the same statement, one more option)."""
-        nested = _nested_options(self) if self.nested and not self.is_column else ()
-        return StockLoader(self.key, self.is_column)(state, passive, extra_options=nested)
-
-    def _raise(self, state: InstanceState[Any], passive: PassiveFlag) -> Any:
-        if self.is_column:
-            if state.key is None:
-                return LoaderCallableStatus.ATTR_EMPTY
-            if not passive & PassiveFlag.SQL_OK:
-                return LoaderCallableStatus.PASSIVE_NO_RESULT
-            if passive & PassiveFlag.NO_RAISE:
-                # SQLAlchemy's own bookkeeping (a flush reading a foreign key
-                # for the history of a many-to-one): load it, never raise.
-                return self._stock(state, passive)
-            raise strict_error(state, self.prop, COLUMN)
-        # The raising relationship strategy applies SQLAlchemy's own rules of
-        # when a lazy="raise" relationship raises (never during flush or
-        # backref bookkeeping), with our exception.
-        raising = _compat.get_strategy(self.prop, (("lazy", "nplus1loader_raise"),))
-        return _compat.load_for_state(raising, state, passive)
-
-
-class StockLoader:
-    """SQLAlchemy's own one-instance loading of an attribute.
-
-    Used as the fallback of :class:`ArmedLoader`, and as what an armed
-    instance carries after pickling: its peers stay behind, so it loads its
-    attributes one at a time, as stock SQLAlchemy would.
-    """
-
-    __slots__ = ("is_column", "key")
-
-    def __init__(self, key: str, is_column: bool) -> None:
-        self.key = key
-        self.is_column = is_column
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (StockLoader, (self.key, self.is_column))
-
-    def __call__(
-        self, state: InstanceState[Any], passive: PassiveFlag, extra_options: Any = ()
-    ) -> Any:
-        """``extra_options``: added to a relationship's statement (the
-        option that arms what it brings in)."""
-        prop = state.manager.mapper.attrs[self.key]
-        if self.is_column:
-            stock = _compat.get_strategy(prop, (("deferred", True), ("instrument", True)))
-        else:
-            stock = _compat.get_strategy(prop, (("lazy", "select"),))
-        return _compat.load_for_state(stock, state, passive, extra_options=extra_options)
-
-
-def armed_peers(
-    session: Any, trigger: InstanceState[Any], loader: ArmedLoader
-) -> list[InstanceState[Any]]:
+def armed_peers(session: Any, trigger: InstanceState[Any], loader: Any) -> list[InstanceState[Any]]:
     """The trigger first, then every other persistent instance of the session
     that is armed (in load mode) for the same attribute, still lacks it, and
     would load it with the very statement the trigger's load runs: the same
@@ -286,6 +45,8 @@ def armed_peers(
     options is cached, as the instances one query armed share them.
     """
     prop = loader.prop
+    loaders_of = _sqla.loaders_of
+    changes_of = _sqla.changes_of
     if trigger.deleted or not lacks(trigger, prop):
         return []
     key = loader.key
@@ -320,11 +81,11 @@ def armed_peers(
     for state in registry_of(session).lacking_candidates(prop):
         if state is trigger:
             continue
-        callables = state.callables
+        callables = loaders_of(state)
         hook = callables.get(key) if callables else None
         if not (armed_alike(state) if hook is None else batches(hook) and loads_alike(state)):
             continue
-        committed = state.committed_state
+        committed = changes_of(state)
         if committed and (
             (changed_blocks and key in committed) or any(k in committed for k in join_keys)
         ):
@@ -344,15 +105,17 @@ def same_load(trigger: InstanceState[Any]) -> Any:
     """For a scan: whether a state was loaded with the trigger's load path
     and load options (equal ones, as a later execution of the same query
     gives), cached per distinct pair."""
-    options = trigger.load_options
-    path = _compat.load_path_of(trigger)
+    load_options = _sqla.load_options_of
+    load_path = _sqla.load_path_of
+    options = load_options(trigger)
+    path = load_path(trigger)
     path_key = _path_key(path)
     verdicts: dict[tuple[int, int], bool] = {}
     held: list[Any] = []  # keeps the ids of the cache keys valid
 
     def alike(state: InstanceState[Any]) -> bool:
-        other = state.load_options
-        other_path = _compat.load_path_of(state)
+        other = load_options(state)
+        other_path = load_path(state)
         if other is options and other_path is path:
             return True
         cache_key = (id(other), id(other_path))
@@ -362,7 +125,9 @@ def same_load(trigger: InstanceState[Any]) -> Any:
             verdict = verdicts[cache_key] = (
                 _path_key(other_path) == path_key
                 and len(other) == len(options)
-                and all(_compat.options_equal(a, b) for a, b in zip(other, options, strict=True))
+                and all(
+                    _sqla.options_equal(one=a, other=b) for a, b in zip(other, options, strict=True)
+                )
             )
         return verdict
 
@@ -383,7 +148,7 @@ def relationship_join_keys(prop: Any) -> tuple[str, ...]:
     many-to-one), computed once per relationship."""
 
     def compute() -> tuple[str, ...]:
-        _, bind_to_col = _compat.lazy_clause(prop)
+        _, bind_to_col = _sqla.lazy_clause(prop=prop)
         keys: list[str] = []
         for column in bind_to_col.values():
             try:
@@ -401,30 +166,46 @@ def prop_is_collection(prop: Any) -> bool:
     return bool(getattr(prop, "uselist", False))
 
 
-def _query_site_of(state: InstanceState[Any]) -> Any:
-    """The line of the query that armed ``state``, where it was recorded."""
-    profile = profile_of(state)
-    return profile.query_site if profile is not None else None
+def _loadable_expired(state: InstanceState[Any]) -> frozenset[str]:
+    """The keys SQLAlchemy would refresh for this state (``_load_expired``)."""
+    return _sqla.refreshable_expired(state=state)
 
 
-def strict_error(state: InstanceState[Any], prop: Any, kind: str) -> LazyLoadingAttributeError:
-    """What a ``raiseload_*`` option raises on a touch: the attribute, where
-    it was touched, and the option that loads it in the query."""
-    model = state.class_.__name__
-    site = find_call_site()
-    touched = str(site) if site is not None else "an unknown line"
-    fix = fix_for(_compat.load_path_of(state), prop, kind)
-    return LazyLoadingAttributeError(
-        model,
-        prop.key,
-        f"{model}.{prop.key} is not available due to raiseload; touched at {touched}. "
-        f"Load it in the query: {fix}",
+def expired_peers(
+    session: Any, trigger: InstanceState[Any], toload: set[str]
+) -> list[InstanceState[Any]]:
+    """The trigger, then every persistent instance of the same mapper that
+    is armed (not by a raiseload_* option in raise mode) and has exactly the
+    same attributes to refresh, searched among the session's candidates
+    (see ``_registry``).
+
+    After a commit every instance has the same keys expired and none
+    changed: a set comparison settles those, the full computation is for
+    the others.  The verdict on each distinct profile is cached.
+    """
+    mapper = trigger.mapper
+    wanted = frozenset(toload)
+    trigger_expired = trigger.expired_attributes
+    token = trigger.identity_token
+    loads_alike = same_load(trigger)
+    shortcut = not _sqla.changes_of(trigger) and _loadable_expired(trigger) == wanted
+    # A raiseload_* profile under raise mode raises on each touch: it is
+    # no peer.  Under mode="raise" the others count, to tell an N+1 pattern.
+    refreshes_alike = profile_verdicts(
+        lambda profile: (
+            profile is not None
+            and profile.refresh_mode is not None
+            and not (profile.strict_refresh and effective_mode(profile.refresh_mode) == RAISE)
+        ),
+        loads_alike,
     )
-
-
-def _nested_options(loader: ArmedLoader) -> tuple[Any, ...]:
-    from ._options import batch_arming_option
-
-    # A strict raiseload_* loader never batches: only load, warn and raise
-    # (N+1 patterns) reach here.
-    return (batch_arming_option(loader.chunk_size, loader.mode),)
+    changes_of = _sqla.changes_of
+    peers = [trigger]
+    for state in registry_of(session).expired_candidates(mapper):
+        if state is trigger or state.identity_token != token or not refreshes_alike(state):
+            continue
+        expired = state.expired_attributes
+        unchanged_alike = shortcut and expired == trigger_expired and not changes_of(state)
+        if unchanged_alike or _loadable_expired(state) == wanted:
+            peers.append(state)
+    return peers

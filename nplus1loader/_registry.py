@@ -46,7 +46,7 @@ from typing import Any
 from sqlalchemy.orm.attributes import instance_dict
 from sqlalchemy.orm.state import InstanceState
 
-from . import _compat
+from . import _sqla
 
 #: The log is compacted when it grows past twice its size after the last
 #: compaction, and never below this many entries.
@@ -104,7 +104,7 @@ class Candidates(dict[InstanceState[Any], None]):
         session_key = self.session_key
         key = self.key
         mapper = self.mapper
-        is_deleted = _compat.is_deleted
+        is_deleted = _sqla.is_deleted
         live: list[InstanceState[Any]] = []
         gone: list[InstanceState[Any]] = []
         for state in self:
@@ -138,7 +138,7 @@ def _in_session(state: InstanceState[Any], session_key: int) -> bool:
     return (
         state.session_id == session_key
         and state.key is not None
-        and not _compat.is_deleted(state)
+        and not _sqla.is_deleted(state)
         and state.obj() is not None
     )
 
@@ -264,10 +264,7 @@ class Registry:
         session_key = self.session_key
         for index, state in enumerate(log):
             kept_before[index] = len(kept)
-            if (
-                last[(id(state), id(marks_of[index]))] == index
-                and _in_session(state, session_key)
-            ):
+            if last[(id(state), id(marks_of[index]))] == index and _in_session(state, session_key):
                 kept.append(state)
         kept_before[len(log)] = len(kept)
         starts: list[int] = []

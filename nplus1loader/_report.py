@@ -1,27 +1,315 @@
-"""What an N+1 pattern is reported as: the error of raise mode, the warning
-of warn mode, the fields of the log record, and the patterns a test run
-collects for the pytest plugin's summary and JSON report (issue 17).
+"""How nplus1loader reports what it does: the log record of each batch,
+the per-session counters, and, for an N+1 pattern, the error of raise mode,
+the warning of warn mode and the entry a test run collects for the pytest
+plugin's summary and JSON report.
 
-A pattern is a touch of an armed attribute whose batch would load
-``threshold`` instances or more (2 unless :func:`configure` says
-otherwise): one instance alone is no N+1 pattern.  The report says what
-happened, where the instances were loaded, where the attribute was touched,
-and the option that loads it in that query.
+Every message is written here, once.  A *pattern* is a touch of an armed
+attribute whose batch would load ``threshold`` instances or more (2 unless
+:func:`configure` says otherwise): one instance alone is no N+1 pattern.
+The report says what happened, where the instances were loaded, where the
+attribute was touched (the user's line: :func:`find_call_site`), and the
+option that loads it in that query.
+
+The logger name ``nplus1loader.NPlusOneLazyColumnLoader`` is part of the
+public contract (it is the name the 2020 library used, and users filter
+on it).  The counters live in ``session.info``, so they belong to one
+session (one request) and need no lock: a Session is never shared between
+threads.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
+import sqlalchemy
 from sqlalchemy.exc import ArgumentError
+from sqlalchemy.orm import Session, scoped_session
 
-from ._logging import CallSite, find_call_site
-from ._logging import skip_packages as _skip_packages
 from ._modes import LOAD, effective_mode
+from .exc import LazyLoadingAttributeError, NPlusOneWarning
+
+# ------------------------------------------------------------- user lines
+
+logger = logging.getLogger("nplus1loader.NPlusOneLazyColumnLoader")
+
+_OWN_DIR = os.path.dirname(os.path.abspath(__file__))
+_SQLALCHEMY_DIR = os.path.dirname(os.path.abspath(sqlalchemy.__file__))
+_SKIPPED_DIRS = (_OWN_DIR + os.sep, _SQLALCHEMY_DIR + os.sep)
+#: Packages whose frames are never the user's line, matched on the frame's
+#: module name (``__name__`` in its globals): that also covers code a
+#: package generates with ``exec``, such as SQLAlchemy 2.0's decorator
+#: wrappers, whose file name is ``<string>`` (issue 17).
+_OWN_PACKAGES = ("nplus1loader", "sqlalchemy")
+_skipped_packages: tuple[str, ...] = _OWN_PACKAGES
+
+
+@dataclass(frozen=True)
+class CallSite:
+    """A line of user code: where an attribute was touched, or where the
+    query that armed it ran."""
+
+    filename: str
+    lineno: int
+    function: str
+    #: The frame's module name, for warnings (``warn_explicit``).
+    module: str = field(default="", compare=False, repr=False)
+
+    def __str__(self) -> str:
+        return f"{self.filename}:{self.lineno} in {self.function}()"
+
+
+#: Code objects with made-up file names that are not user code: the import
+#: system's, and the wrappers SQLAlchemy generates for its decorators
+#: ("<sqlalchemy generated warned() wrapper for ...>").
+_GENERATED_PREFIXES = ("<frozen", "<sqlalchemy")
+
+
+def set_skipped_packages(packages: Iterable[str]) -> tuple[str, ...]:
+    """Also skip frames of ``packages`` (top-level or dotted names, such as
+    ``"pydantic"``) when looking for the user's line; returns the previous
+    extra packages, so a caller can restore them."""
+    global _skipped_packages
+    names = tuple(packages)
+    for name in names:
+        if not isinstance(name, str) or not all(p.isidentifier() for p in name.split(".")):
+            raise ArgumentError(
+                f"configure(): skip_packages expects package names such as 'pydantic', got {name!r}"
+            )
+    previous = _skipped_packages[len(_OWN_PACKAGES) :]
+    _skipped_packages = _OWN_PACKAGES + names
+    return previous
+
+
+def _in_packages(module: str, packages: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+def is_internal(filename: str) -> bool:
+    """True for code of nplus1loader, SQLAlchemy or the interpreter."""
+    return filename.startswith(_GENERATED_PREFIXES) or os.path.abspath(filename).startswith(
+        _SKIPPED_DIRS
+    )
+
+
+def is_internal_frame(frame: FrameType) -> bool:
+    """True for a frame of nplus1loader, SQLAlchemy (generated code
+    included), the interpreter or a package named in :func:`set_skipped_packages`."""
+    module = frame.f_globals.get("__name__")
+    if isinstance(module, str) and _in_packages(module, _skipped_packages):
+        return True
+    return is_internal(frame.f_code.co_filename)
+
+
+def _parent_greenlet_frame() -> FrameType | None:
+    """Under ``AsyncSession`` the ORM runs in a greenlet that SQLAlchemy's
+    ``greenlet_spawn`` started; the coroutine that awaited it, with the
+    user's line, is on the stack of the parent greenlet, suspended in
+    ``greenlet_spawn`` (SQLAlchemy 2.0 and 2.1)."""
+    greenlet = sys.modules.get("greenlet")
+    if greenlet is None:
+        return None  # no greenlet imported: no AsyncSession either
+    parent = greenlet.getcurrent().parent
+    return parent.gr_frame if parent is not None else None
+
+
+def find_call_site(frame: FrameType | None = None) -> CallSite | None:
+    """The innermost frame outside nplus1loader, SQLAlchemy and the skipped
+    packages, following an ``AsyncSession``'s greenlet to the coroutine that
+    awaited it.
+
+    Walking frames is cheap next to the query a batch is about to run, and it
+    is the one piece of information that tells a developer which loop to fix.
+    """
+    if frame is None:
+        frame = sys._getframe(1)
+    followed_parent = False
+    while frame is not None:
+        if not is_internal_frame(frame):
+            code = frame.f_code
+            module = frame.f_globals.get("__name__")
+            return CallSite(
+                os.path.abspath(code.co_filename),
+                frame.f_lineno,
+                code.co_name,
+                module if isinstance(module, str) else "",
+            )
+        frame = frame.f_back
+        if frame is None and not followed_parent:
+            followed_parent = True
+            frame = _parent_greenlet_frame()
+    return None
+
+
+# -------------------------------------------------------------- the log
+
+
+def log_batch(
+    model: str,
+    attribute: str,
+    instances: int,
+    site: CallSite | None,
+    fields: dict[str, Any] | None = None,
+) -> None:
+    """Log one batch.  A batch of a single instance is not an N+1 pattern, so
+    it is logged at DEBUG; real batches at WARNING, where they get noticed.
+    ``fields``: what the N+1 pattern report adds (query site, touch site,
+    suggested option), as ``extra`` attributes of the record."""
+    level = logging.WARNING if instances > 1 else logging.DEBUG
+    if not logger.isEnabledFor(level):
+        return
+    where = f" at {site}" if site is not None else ""
+    extra: dict[str, Any] = {
+        "nplus1_model": model,
+        "nplus1_attribute": attribute,
+        "nplus1_instances": instances,
+        "nplus1_call_site": str(site) if site is not None else None,
+        "nplus1_pattern": False,
+        "nplus1_query_site": None,
+        "nplus1_touch_site": str(site) if site is not None else None,
+        "nplus1_fix": None,
+        "nplus1_kind": None,
+    }
+    if fields:
+        extra.update(fields)
+    logger.log(
+        level,
+        "%s.%s: N+1 loading of %d instances%s",
+        model,
+        attribute,
+        instances,
+        where,
+        extra=extra,
+        stacklevel=1,
+    )
+
+
+# ------------------------------------------------------------- warnings
+
+
+def warn_at(message: str, site: CallSite | None, pattern: object = None) -> None:
+    """Emit :class:`NPlusOneWarning` attributed to the user's line ``site``,
+    not to SQLAlchemy's attribute machinery: warning filters by module,
+    pytest's warnings summary and ``-W error`` then point at the loop to
+    fix.  ``pattern`` is the warning's ``pattern`` attribute (the report's
+    fields, as on the error).  ``warn_explicit``, because under ``AsyncSession`` the user's line
+    is on another greenlet's stack, out of ``stacklevel``'s reach."""
+    warning = NPlusOneWarning(message)
+    warning.pattern = pattern
+    if site is None:
+        warnings.warn(warning, stacklevel=2)
+        return
+    module_globals = _globals_of(site)
+    registry: Any = module_globals.setdefault("__warningregistry__", {}) if module_globals else None
+    module = str(module_globals.get("__name__", "")) if module_globals else ""
+    warnings.warn_explicit(
+        warning,
+        NPlusOneWarning,
+        site.filename,
+        site.lineno,
+        module=module or None,
+        registry=registry,
+        module_globals=module_globals,
+    )
+
+
+def _globals_of(site: CallSite) -> dict[str, Any] | None:
+    module = sys.modules.get(site.module) if site.module else None
+    return vars(module) if module is not None else None
+
+
+# ---------------------------------------------------------- the counters
+
+
+_INFO_KEY = "nplus1loader.stats"
+
+
+@dataclass
+class Stats:
+    """What nplus1loader did in one session, for logs and metrics.
+
+    ``batches``: batch loads run; ``instances``: instances they loaded;
+    ``queries``: SQL statements they emitted; ``queries_saved``: what stock
+    lazy loading would have cost for the same instances, minus ``queries``.
+    """
+
+    batches: int = 0
+    instances: int = 0
+    queries: int = 0
+    queries_saved: int = 0
+
+
+def stats(session: Any) -> Stats:
+    """The counters of ``session`` (a ``Session``, an ``AsyncSession``, or a
+    scoped session: its current one), to put in a log line, a metric or a
+    response header at the end of a request."""
+    current = session
+    if isinstance(current, scoped_session) or _is_async_scoped(current):
+        current = current()  # the registry's session for this thread / task
+    sync = getattr(current, "sync_session", current)
+    if not isinstance(sync, Session):
+        raise ArgumentError(
+            "stats() expects a Session, an AsyncSession or a scoped session (the counters "
+            f"are per session), got {session!r}"
+        )
+    found = sync.info.get(_INFO_KEY)
+    if found is None:
+        found = sync.info[_INFO_KEY] = Stats()
+    return found
+
+
+def _is_async_scoped(obj: Any) -> bool:
+    try:
+        from sqlalchemy.ext.asyncio import async_scoped_session
+    except ImportError:  # SQLAlchemy 2.1 without greenlet: no asyncio sessions
+        return False
+    return isinstance(obj, async_scoped_session)
+
+
+def record_batch(
+    session: Any, instances: int, queries: int, stock_queries: int | None = None
+) -> None:
+    """Count one batch; ``stock_queries`` defaults to one per instance."""
+    counters = stats(session)
+    counters.batches += 1
+    counters.instances += instances
+    counters.queries += queries
+    stock = instances if stock_queries is None else stock_queries
+    counters.queries_saved += max(stock - queries, 0)
+
+
+def report_batch(
+    session: Any,
+    *,
+    model: str,
+    attribute: str,
+    instances: int,
+    statements: int,
+    stock_statements: int | None,
+    site: CallSite | None,
+    pattern: Pattern | None,
+    warn: bool,
+) -> None:
+    """Everything a batch that ran reports, in one place: the counters, the
+    log record, and in warn mode the warning of its N+1 pattern.  Called
+    once the batch has run: a batch that failed (a lost connection,
+    MissingGreenlet under asyncio) loaded nothing."""
+    record_batch(session, instances, statements, stock_statements)
+    log_batch(model, attribute, instances, site, pattern.log_fields() if pattern else None)
+    if warn and pattern is not None:
+        warn_at(pattern.message(), site, pattern)
+
+
+# ------------------------------------------------------------- patterns
+
 
 RELATIONSHIP = "relationship"
 COLUMN = "column"
@@ -51,7 +339,7 @@ def configure(*, threshold: int | None = None, skip_packages: Iterable[str] | No
     ):
         raise ArgumentError(f"configure(): threshold must be a positive integer, got {threshold!r}")
     if skip_packages is not None:
-        _skip_packages((skip_packages,) if isinstance(skip_packages, str) else skip_packages)
+        set_skipped_packages((skip_packages,) if isinstance(skip_packages, str) else skip_packages)
     if threshold is not None:
         _threshold = threshold
 
@@ -117,19 +405,16 @@ class Pattern:
             if self.query_site is not None
             else "a query whose line was not recorded"
         )
-        touched = str(self.touch_site) if self.touch_site is not None else "an unknown line"
         expired = "expired " if self.kind == EXPIRED else ""
-        head = (
+        return (
             f"{self.name}: N+1 pattern: touched on 1 of {self.instances} {expired}"
-            f"{self.model} loaded by {loaded}; touched at {touched}. "
+            f"{self.model} loaded by {loaded}; touched at {_where(self.touch_site)}. "
+            + _advice(self.kind, self.fix, "in that query")
         )
-        if self.kind == EXPIRED:
-            return head + (
-                "Expired instances (after commit() or expire()) refresh one at a time: "
-                f"keep them loaded with expire_on_commit=False, or reload them in one "
-                f"query with {self.fix}"
-            )
-        return head + f"Load it in that query: {self.fix}"
+
+    def error(self) -> LazyLoadingAttributeError:
+        """What raise mode raises for this pattern."""
+        return LazyLoadingAttributeError(self.model, self.attribute, self.message(), self)
 
     def log_fields(self) -> dict[str, Any]:
         return {
@@ -143,6 +428,38 @@ class Pattern:
 
 def _str(site: CallSite | None) -> str | None:
     return str(site) if site is not None else None
+
+
+def _where(site: CallSite | None) -> str:
+    return str(site) if site is not None else "an unknown line"
+
+
+def _advice(kind: str, fix: str, where: str) -> str:
+    """How to load the attribute in the query instead (``where``: "in the
+    query", "in that query")."""
+    if kind == EXPIRED:
+        return (
+            "Expired instances (after commit() or expire()) refresh one at a time: "
+            "keep them loaded with expire_on_commit=False, or reload them in one "
+            f"query with {fix}"
+        )
+    return f"Load it {where}: {fix}"
+
+
+def strict_error(
+    model: str, key: str, kind: str, path: Any, prop: Any
+) -> LazyLoadingAttributeError:
+    """What a ``raiseload_*`` option raises on every touch of ``model.key``
+    (``kind``: relationship, column or expired) by user code: the attribute,
+    where it was touched, and the option that loads it in the query of
+    load path ``path``."""
+    expired = " (expired)" if kind == EXPIRED else ""
+    return LazyLoadingAttributeError(
+        model,
+        key,
+        f"{model}.{key} is not available due to raiseload{expired}; touched at "
+        f"{_where(find_call_site())}. " + _advice(kind, fix_for(path, prop, kind), "in the query"),
+    )
 
 
 def _class_name(entity: Any) -> str:

@@ -49,9 +49,8 @@ class SessionWideOption(ArmOption):
 
     __slots__ = ()
 
-    # Its own traversal (rather than inherit_cache) gives it a cache key of
-    # its own, distinct from a written nplus1loader('*').
-    _traverse_internals = ArmOption._traverse_internals
+    # Its cache key is its own, distinct from a written nplus1loader('*')
+    # (``_sqla.OptionBase`` gives every subclass a traversal of its own).
 
     def __init__(self, mode: str) -> None:
         super().__init__("enable", ("*",), _BOTH, mode, True, None, session_wide=True)

@@ -19,138 +19,20 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy.orm import ColumnProperty, RelationshipProperty
-from sqlalchemy.util import immutabledict
 
-from . import _compat
-from ._arming import profile_for
-from ._expiry import ensure_expire_listener, ensure_refresh_hook
-from ._modes import LOAD, RAISE, WARN
-from ._peers import ArmedLoader, strict_error
-from ._report import RELATIONSHIP, arming_site, wants_query_site
+from . import _sqla
+from ._arming import ensure_expire_listener, profile_for
+from ._batch import checked_chunk_size
+from ._modes import LOAD, RAISE
+from ._plan import COL_KEYS, OUR_KEYS, REL_KEYS, ArmedElement
+from ._report import RELATIONSHIP, arming_site, strict_error, wants_query_site
+from ._touch import ArmedLoader, ensure_refresh_hook
 
-REL_KEYS = {
-    LOAD: (("lazy", "nplus1loader"),),
-    WARN: (("lazy", "nplus1loader"),),
-    RAISE: (("lazy", "nplus1loader_raise"),),
-}
-COL_KEYS = {
-    LOAD: (("nplus1loader", LOAD),),
-    WARN: (("nplus1loader", LOAD),),
-    RAISE: (("nplus1loader", RAISE),),
-}
-_OUR_KEYS = frozenset(REL_KEYS.values()) | frozenset(COL_KEYS.values())
 _UNDEFERRED = (("deferred", False), ("instrument", True))
 _UNDECIDED = object()
-
-
-class ArmedElement:
-    """What an nplus1 option leaves in ``compile_state.attributes`` for one
-    attribute at one path: it quacks like SQLAlchemy's ``_LoadElement`` where
-    SQLAlchemy reads it, and carries our settings for the strategy.
-
-    ``underlying`` is the per-attribute option another option had set there
-    before (``defer(User.bio)``), so a wildcard knows what it replaced.
-    ``_reconcile_to_other = True`` lets any later option for the same
-    attribute take the place back, as a later SQLAlchemy option would.
-    """
-
-    __slots__ = (
-        "anchor",
-        "chunk_size",
-        "local_opts",
-        "mode",
-        "nested",
-        "raise_keys",
-        "refreshes",
-        "strategy",
-        "underlying",
-        "wild",
-    )
-
-    propagate_to_loaders = True
-    is_opts_only = False
-    is_token_strategy = False
-    is_class_strategy = False
-    _reconcile_to_other = True
-    _extra_criteria = ()
-
-    def __init__(
-        self,
-        strategy: tuple[Any, ...],
-        mode: str,
-        wild: bool,
-        underlying: Any,
-        nested: bool,
-        chunk_size: int | None,
-        anchor: bool = False,
-        raise_keys: frozenset[str] | None = None,
-        refreshes: bool = True,
-    ) -> None:
-        self.anchor = anchor
-        self.raise_keys = raise_keys
-        self.refreshes = refreshes
-        self.strategy = strategy
-        self.mode = mode
-        self.wild = wild
-        self.underlying = underlying
-        self.nested = nested
-        self.chunk_size = chunk_size
-        self.local_opts: immutabledict[str, Any] = immutabledict()
-
-    def over(self, replacement: Any) -> ArmedElement:
-        """This wildcard again, now on top of ``replacement``: the option a
-        later SQLAlchemy option put at the same key (see ArmedAttributes)."""
-        return ArmedElement(
-            self.strategy,
-            self.mode,
-            self.wild,
-            replacement,
-            self.nested,
-            self.chunk_size,
-            self.anchor,
-            self.raise_keys,
-            self.refreshes,
-        )
-
-    def _to_option_method_string(self) -> str:
-        return "nplus1loader option"
-
-    def __repr__(self) -> str:
-        return f"ArmedElement(mode={self.mode!r}, wild={self.wild!r})"
-
-
-class ArmedAttributes(dict):  # type: ignore[type-arg]
-    """``compile_state.attributes`` once an nplus1 option has run.
-
-    SQLAlchemy processes options in the order given, and a later option for
-    the same attribute replaces ours (``nplus1loader('*'), defer(User.name)``).
-    A wildcard only arms what the query leaves unloaded, so it must see what
-    the query finally asks for, whatever the order: when a later option
-    takes the key of a wildcard element, the wildcard goes back on top of
-    it, with the later option as what it delegates to or judges by.  An
-    option naming the attribute replaces ours outright, as SQLAlchemy's
-    later-option-wins rule says.
-    """
-
-    __slots__ = ()
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        existing = self.get(key)
-        if (
-            isinstance(existing, ArmedElement)
-            and existing.wild
-            and value is not existing
-            and not isinstance(value, ArmedElement)
-        ):
-            value = existing.over(value)
-        super().__setitem__(key, value)
-
-
-def watch_later_options(compile_state: Any) -> None:
-    """Make the compile state's option registry an :class:`ArmedAttributes`
-    (once per compilation; SQLAlchemy reads and writes it by key only)."""
-    if not isinstance(compile_state.attributes, ArmedAttributes):
-        compile_state.attributes = ArmedAttributes(compile_state.attributes)
+#: The chunk size of an attribute the mapping arms (``lazy="nplus1loader"``,
+#: no option): the default, from the one place that applies it.
+_MAPPING_CHUNK_SIZE = checked_chunk_size(None, "lazy='nplus1loader'")
 
 
 def _underlying(prop: Any, loadopt: ArmedElement, attributes: Any, path: Any) -> Any:
@@ -158,7 +40,7 @@ def _underlying(prop: Any, loadopt: ArmedElement, attributes: Any, path: Any) ->
     nplus1 option been given (None: the mapping's default)."""
     if loadopt.underlying is not None:
         return loadopt.underlying
-    _, wildcard_key, default_key = _compat.loader_keys(path[prop])
+    _, wildcard_key, default_key = _sqla.loader_keys(prop_path=path[prop])
     found = attributes.get(wildcard_key)
     if found is None:
         found = attributes.get(default_key)
@@ -167,8 +49,8 @@ def _underlying(prop: Any, loadopt: ArmedElement, attributes: Any, path: Any) ->
 
 def _decide(prop: Any, loadopt: Any, attributes: Any, path: Any) -> tuple[bool, Any, Any]:
     """(arm?, strategy key to delegate to, option to delegate with)."""
-    if isinstance(prop, ColumnProperty) and set(prop.columns) & _compat.should_undefer_in_wildcard(
-        prop.parent
+    if isinstance(prop, ColumnProperty) and set(prop.columns) & _sqla.should_undefer_in_wildcard(
+        mapper=prop.parent
     ):
         # Primary key and discriminator: always loaded.
         under = (
@@ -179,7 +61,7 @@ def _decide(prop: Any, loadopt: Any, attributes: Any, path: Any) -> tuple[bool, 
         return False, _UNDEFERRED, under
     if isinstance(loadopt, ArmedElement) and isinstance(prop, RelationshipProperty):
         under = _underlying(prop, loadopt, attributes, path)
-        if _compat.extra_criteria(under):
+        if _sqla.extra_criteria(loadopt=under):
             # lazyload(User.addresses.and_(...)): criteria for that one
             # relationship; SQLAlchemy's own lazy loader applies them.
             return False, under.strategy or prop.strategy_key, under
@@ -187,7 +69,7 @@ def _decide(prop: Any, loadopt: Any, attributes: Any, path: Any) -> tuple[bool, 
         return True, None, None
     under = _underlying(prop, loadopt, attributes, path)
     key = under.strategy if under is not None and under.strategy else prop.strategy_key
-    if key in _OUR_KEYS:
+    if key in OUR_KEYS:
         return True, None, None
     if (
         loadopt.mode == RAISE
@@ -211,9 +93,7 @@ def _decide(prop: Any, loadopt: Any, attributes: Any, path: Any) -> tuple[bool, 
     return arm, key, under
 
 
-def _install(
-    context: Any, path: Any, mapper: Any, loader: ArmedLoader, populators: Any
-) -> None:
+def _install(context: Any, path: Any, mapper: Any, loader: ArmedLoader, populators: Any) -> None:
     """Arm ``loader``'s attribute on every instance the rows reach: one
     entry in this query's profile, which the rows carry."""
     profile = profile_for(context, path, mapper, loader.chunk_size, populators)
@@ -224,7 +104,7 @@ def _install(
     elif context.populate_existing or mapper.always_refresh:
         # Dispatched at class level, like SQLAlchemy's own lazy loader:
         # populate_existing() only needs to drop a loaded value.
-        populators["expire"].append((loader.key, False))
+        _sqla.expire_on_populate_existing(populators=populators, key=loader.key)
 
 
 def _remember_armed(
@@ -269,7 +149,7 @@ def _mode_of(loadopt: Any, strategy_mode: str) -> str:
 
 @RelationshipProperty.strategy_for(lazy="nplus1loader")
 @RelationshipProperty.strategy_for(lazy="nplus1loader_raise")
-class ArmedRelationshipLoader(_compat.LazyLoader):  # type: ignore[misc]
+class ArmedRelationshipLoader(_sqla.RaisingLazyLoader):
     """A lazy loader whose armed instances batch-load (or raise)."""
 
     __slots__ = ("_nplus1_mode",)
@@ -277,12 +157,16 @@ class ArmedRelationshipLoader(_compat.LazyLoader):  # type: ignore[misc]
     def __init__(self, parent: Any, strategy_key: Any) -> None:
         super().__init__(parent, strategy_key)
         self._nplus1_mode = RAISE if strategy_key == REL_KEYS[RAISE] else LOAD
-        # In raise mode SQLAlchemy's lazy="raise" rules decide *when* to
-        # raise (never while flushing or for backref bookkeeping).
-        self._raise_always = self._nplus1_mode == RAISE  # type: ignore[misc]  # LazyLoader's slot
+        if self._nplus1_mode == RAISE:
+            # SQLAlchemy's lazy="raise" rules decide *when* to raise (never
+            # while flushing or for backref bookkeeping).
+            self.raise_always()
 
-    def _invoke_raise_load(self, state: Any, passive: Any, lazy: Any) -> None:
-        raise strict_error(state, self.parent_property, RELATIONSHIP)
+    def raise_error(self, state: Any) -> Exception:
+        prop = self.parent_property
+        return strict_error(
+            state.class_.__name__, prop.key, RELATIONSHIP, _sqla.load_path_of(state), prop
+        )
 
     def setup_query(
         self,
@@ -295,8 +179,14 @@ class ArmedRelationshipLoader(_compat.LazyLoader):  # type: ignore[misc]
     ) -> None:
         arm, key, under = _decide(self.parent_property, loadopt, compile_state.attributes, path)
         if not arm:
-            _compat.get_strategy(self.parent_property, key).setup_query(
-                compile_state, query_entity, path, under, adapter, **kw
+            _sqla.delegate_setup_query(
+                strategy=_sqla.get_strategy(prop=self.parent_property, key=key),
+                compile_state=compile_state,
+                query_entity=query_entity,
+                path=path,
+                loadopt=under,
+                adapter=adapter,
+                kw=kw,
             )
 
     def create_row_processor(
@@ -312,8 +202,16 @@ class ArmedRelationshipLoader(_compat.LazyLoader):  # type: ignore[misc]
     ) -> None:
         arm, key, under = _decide(self.parent_property, loadopt, context.attributes, path)
         if not arm:
-            _compat.get_strategy(self.parent_property, key).create_row_processor(
-                context, query_entity, path, under, mapper, result, adapter, populators
+            _sqla.delegate_row_processor(
+                strategy=_sqla.get_strategy(prop=self.parent_property, key=key),
+                context=context,
+                query_entity=query_entity,
+                path=path,
+                loadopt=under,
+                mapper=mapper,
+                result=result,
+                adapter=adapter,
+                populators=populators,
             )
             return
         # No nplus1 option here: the mapping's own lazy="nplus1loader" (or an
@@ -322,10 +220,11 @@ class ArmedRelationshipLoader(_compat.LazyLoader):  # type: ignore[misc]
         option = isinstance(loadopt, ArmedElement)
         loader = ArmedLoader(
             self,
-            _mode_of(loadopt, self._nplus1_mode),
-            loadopt.nested if option else self._nplus1_mode != RAISE,
-            loadopt.chunk_size if option else None,
-            _compat.loader_criteria(context),
+            mode=_mode_of(loadopt, self._nplus1_mode),
+            strict=self._nplus1_mode == RAISE,
+            nested=loadopt.nested if option else self._nplus1_mode != RAISE,
+            chunk_size=loadopt.chunk_size if option else _MAPPING_CHUNK_SIZE,
+            criteria=_sqla.loader_criteria(context=context),
         )
         _install(context, path, mapper, loader, populators)
         if not option and loader.mode != RAISE:
@@ -337,17 +236,17 @@ def _refresh_as_anchored(context: Any, path: Any, mapper: Any, populators: Any) 
     relationship the mapping arms: expired columns of the instances refresh
     in batches (unless an nplus1 option of the query anchors them itself)."""
     pk = mapper.get_property_by_column(mapper.primary_key[0])
-    anchor = context.attributes.get(_compat.loader_keys(path[pk])[0])
+    anchor = context.attributes.get(_sqla.loader_keys(prop_path=path[pk])[0])
     if isinstance(anchor, ArmedElement) and anchor.anchor:
         return
-    profile = profile_for(context, path, mapper, None, populators)
+    profile = profile_for(context, path, mapper, _MAPPING_CHUNK_SIZE, populators)
     if profile.refresh_mode is None:
         profile.refresh_mode = LOAD
 
 
 @ColumnProperty.strategy_for(nplus1loader=LOAD)
 @ColumnProperty.strategy_for(nplus1loader=RAISE)
-class ArmedColumnLoader(_compat.DeferredColumnLoader):  # type: ignore[misc]
+class ArmedColumnLoader(_sqla.DeferredColumnLoader):  # type: ignore[misc]
     """A deferred-column loader whose armed instances batch-load (or
     raise).  Subclassing the stock deferred loader keeps its rules: the
     primary key and discriminator are always loaded, a refresh loads what it
@@ -373,20 +272,22 @@ class ArmedColumnLoader(_compat.DeferredColumnLoader):  # type: ignore[misc]
         prop = self.parent_property
         arm, key, under = _decide(prop, loadopt, compile_state.attributes, path)
         if not arm:
-            _compat.get_strategy(prop, key).setup_query(
-                compile_state,
-                query_entity,
-                path,
-                under,
-                adapter,
-                column_collection,
-                memoized_populators,
-                **kw,
+            _sqla.delegate_setup_query(
+                strategy=_sqla.get_strategy(prop=prop, key=key),
+                compile_state=compile_state,
+                query_entity=query_entity,
+                path=path,
+                loadopt=under,
+                adapter=adapter,
+                extra=(column_collection, memoized_populators),
+                kw=kw,
             )
-            if getattr(loadopt, "anchor", False) and prop in memoized_populators:
+            if getattr(loadopt, "anchor", False):
                 # The anchor column must reach create_row_processor, where it
                 # adds the populator that remembers the instance is armed.
-                del memoized_populators[prop]
+                _sqla.undo_deferred_marker(
+                    memoized_populators=memoized_populators, prop=prop, always=True
+                )
             return
         super().setup_query(
             compile_state,
@@ -398,10 +299,9 @@ class ArmedColumnLoader(_compat.DeferredColumnLoader):  # type: ignore[misc]
             memoized_populators,
             **kw,
         )
-        if memoized_populators.get(prop) in _compat.DEFERRED_MARKERS:
-            # Without its marker the column goes through create_row_processor
-            # below, where the column is armed instead of SQLAlchemy's hook.
-            del memoized_populators[prop]
+        # Without its marker the column goes through create_row_processor
+        # below, where the column is armed instead of SQLAlchemy's hook.
+        _sqla.undo_deferred_marker(memoized_populators=memoized_populators, prop=prop, always=False)
 
     def create_row_processor(
         self,
@@ -418,30 +318,39 @@ class ArmedColumnLoader(_compat.DeferredColumnLoader):  # type: ignore[misc]
         if getattr(loadopt, "anchor", False):
             _remember_armed(context, path, mapper, loadopt, populators)
         arm, key, under = _decide(prop, loadopt, context.attributes, path)
-        if not arm:
-            _compat.get_strategy(prop, key).create_row_processor(
-                context, query_entity, path, under, mapper, result, adapter, populators
-            )
-            return
-        only = _compat.only_load_props(context) if context.refresh_state else None
+        only = _sqla.only_load_props(context=context) if arm and context.refresh_state else None
         if only and self.key in only:
-            _compat.get_strategy(prop, _UNDEFERRED).create_row_processor(
-                context, query_entity, path, loadopt, mapper, result, adapter, populators
+            arm, key, under = False, _UNDEFERRED, loadopt
+        if not arm:
+            _sqla.delegate_row_processor(
+                strategy=_sqla.get_strategy(prop=prop, key=key),
+                context=context,
+                query_entity=query_entity,
+                path=path,
+                loadopt=under,
+                mapper=mapper,
+                result=result,
+                adapter=adapter,
+                populators=populators,
             )
             return
-        nested = loadopt.nested if isinstance(loadopt, ArmedElement) else True
-        chunk = loadopt.chunk_size if isinstance(loadopt, ArmedElement) else None
+        option = isinstance(loadopt, ArmedElement)
         loader = ArmedLoader(
             self,
-            _mode_of(loadopt, self._nplus1_mode),
-            nested,
-            chunk,
-            _compat.loader_criteria(context),
+            mode=_mode_of(loadopt, self._nplus1_mode),
+            strict=self._nplus1_mode == RAISE,
+            nested=loadopt.nested if option else True,
+            chunk_size=loadopt.chunk_size if option else _MAPPING_CHUNK_SIZE,
+            criteria=_sqla.loader_criteria(context=context),
         )
         _install(context, path, mapper, loader, populators)
 
 
 for _mode, _key in REL_KEYS.items():
-    _compat.register_option_label(_key, "raiseload_rel" if _mode == RAISE else "nplus1loader_rels")
+    _sqla.register_option_label(
+        strategy_key=_key, label="raiseload_rel" if _mode == RAISE else "nplus1loader_rels"
+    )
 for _mode, _key in COL_KEYS.items():
-    _compat.register_option_label(_key, "raiseload_col" if _mode == RAISE else "nplus1loader_cols")
+    _sqla.register_option_label(
+        strategy_key=_key, label="raiseload_col" if _mode == RAISE else "nplus1loader_cols"
+    )

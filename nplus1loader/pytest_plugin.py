@@ -158,10 +158,7 @@ def _marker_mode(marker: pytest.Mark) -> str | None:
 
 
 def _marker_problem(marker: pytest.Mark) -> str:
-    return (
-        f"use @pytest.mark.nplus1(mode=...) with one of {', '.join(_modes.MODES)}; "
-        f"got {marker}"
-    )
+    return f"use @pytest.mark.nplus1(mode=...) with one of {', '.join(_modes.MODES)}; got {marker}"
 
 
 @pytest.hookimpl(tryfirst=True)

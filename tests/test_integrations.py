@@ -120,18 +120,18 @@ def test_every_documented_snippet_is_tested() -> None:
 
 
 def test_configure_snippet_sets_the_process_wide_settings(tmp_path: Path) -> None:
-    from nplus1loader import _logging, _report
+    from nplus1loader import _report
 
     assert _report.threshold() == 2
     try:
         import_snippets(tmp_path, "configure")
         assert _report.threshold() == 3
-        assert _logging._in_packages("pydantic.main", _logging._skipped_packages)
-        assert not _logging._in_packages("app.views", _logging._skipped_packages)
+        assert _report._in_packages("pydantic.main", _report._skipped_packages)
+        assert not _report._in_packages("app.views", _report._skipped_packages)
     finally:
         nplus1loader.configure(threshold=2, skip_packages=[])
     assert _report.threshold() == 2
-    assert not _logging._in_packages("pydantic.main", _logging._skipped_packages)
+    assert not _report._in_packages("pydantic.main", _report._skipped_packages)
 
 
 @pytest.fixture

@@ -1,10 +1,10 @@
-"""The SQLAlchemy internals ``nplus1loader/_compat.py`` relies on, each
+"""The SQLAlchemy internals ``nplus1loader/_sqla.py`` relies on, each
 checked on its own, so that a new SQLAlchemy release that moves one fails
 here with its name, not somewhere deep in a batch.
 
 Everything else in the suite exercises them through the library; these
 tests pin the contract itself: the names exist, and behave as
-``_compat``'s docstrings say.  No database server is needed: an in-memory
+``_sqla``'s docstrings say.  No database server is needed: an in-memory
 SQLite engine does.
 """
 
@@ -30,7 +30,7 @@ from sqlalchemy.orm import (
 from sqlalchemy.orm.interfaces import LoaderOption, LoaderStrategy
 from sqlalchemy.orm.state import InstanceState
 
-from nplus1loader import _compat
+from nplus1loader import _sqla
 
 
 class Base(DeclarativeBase):
@@ -64,7 +64,7 @@ def session() -> Iterator[Session]:
 
 
 def test_strategy_base_classes_are_loader_strategies() -> None:
-    for base in (_compat.LazyLoader, _compat.DeferredColumnLoader):
+    for base in (_sqla.LazyLoader, _sqla.DeferredColumnLoader):
         assert issubclass(base, LoaderStrategy)
     signature = pyinspect.signature(LoaderStrategy.create_row_processor)
     assert list(signature.parameters) == [
@@ -81,26 +81,26 @@ def test_strategy_base_classes_are_loader_strategies() -> None:
 
 
 def test_deferred_markers_and_option_base() -> None:
-    assert len(set(map(id, _compat.DEFERRED_MARKERS))) == 3
-    assert hasattr(_compat.AbstractLoad, "_set_column_strategy")
-    assert hasattr(_compat.AbstractLoad, "_set_relationship_strategy")
+    assert len(set(map(id, _sqla.DEFERRED_MARKERS))) == 3
+    assert hasattr(_sqla._AbstractLoad, "_set_column_strategy")
+    assert hasattr(_sqla._AbstractLoad, "_set_relationship_strategy")
 
 
 def test_class_level_loaders_exist_where_documented() -> None:
     configure_mappers()
     owner = Owner.__mapper__
-    assert _compat.class_level_loader(owner, "pets") is not None  # lazy relationship
-    assert _compat.class_level_loader(owner, "bio") is not None  # deferred by the mapping
-    assert _compat.class_level_loader(owner, "name") is None  # a plain column has none
-    assert _compat.class_level_loader(owner, "missing") is None
+    assert _sqla.class_level_loader(mapper=owner, key="pets") is not None  # lazy relationship
+    assert _sqla.class_level_loader(mapper=owner, key="bio") is not None  # deferred by mapping
+    assert _sqla.class_level_loader(mapper=owner, key="name") is None  # a plain column: none
+    assert _sqla.class_level_loader(mapper=owner, key="missing") is None
 
 
 def test_expired_attribute_loader_is_a_settable_hook() -> None:
-    manager = Owner.__mapper__.class_manager
-    loader = _compat.class_manager_expired_loader(manager)
+    mapper = Owner.__mapper__
+    loader = _sqla.expired_attribute_loader(mapper=mapper)
     assert callable(loader)
-    _compat.set_class_manager_expired_loader(manager, loader)
-    assert _compat.class_manager_expired_loader(manager) is loader
+    _sqla.set_expired_attribute_loader(mapper=mapper, loader=loader)
+    assert _sqla.expired_attribute_loader(mapper=mapper) is loader
 
 
 class _Grab(LoaderOption):
@@ -116,60 +116,64 @@ class _Grab(LoaderOption):
 def test_loader_keys_and_paths(session: Session) -> None:
     session.scalars(select(Owner).options(_Grab())).all()
     compile_state = _Grab.seen[-1]
-    [entity] = _compat.mapper_entities(compile_state)
-    path = _compat.entity_path(entity)
-    exact, wildcard, default = _compat.loader_keys(path[Owner.__mapper__.attrs["pets"]])
+    [entity] = _sqla.mapper_entities(compile_state=compile_state)
+    path = _sqla.entity_path(query_entity=entity)
+    exact, wildcard, default = _sqla.loader_keys(prop_path=path[Owner.__mapper__.attrs["pets"]])
     assert exact[0] == wildcard[0] == default[0] == "loader"
-    assert _compat.natural_path(path) == (Owner.__mapper__,)
-    assert not _compat.natural_path(_compat.current_path(compile_state))
+    assert _sqla.natural_path(path) == (Owner.__mapper__,)
+    assert not _sqla.natural_path(_sqla.current_path(compile_state=compile_state))
     assert set(Owner.__mapper__.primary_key) <= set(
-        _compat.should_undefer_in_wildcard(Owner.__mapper__)
+        _sqla.should_undefer_in_wildcard(mapper=Owner.__mapper__)
     )
 
 
 def test_relationship_strategy_internals() -> None:
-    lazy = _compat.get_strategy(Pet.__mapper__.attrs["owner"], (("lazy", "select"),))
+    lazy = _sqla.get_strategy(prop=Pet.__mapper__.attrs["owner"], key=(("lazy", "select"),))
     assert lazy.use_get
-    equated = _compat.equated_columns(lazy)
+    equated = _sqla.equated_columns(strategy=lazy)
     assert equated[Owner.__table__.c.id] is Pet.__table__.c.owner_id
-    assert _compat.selectin_omits_join(Owner.__mapper__.attrs["pets"])
+    assert _sqla.selectin_omits_join(prop=Owner.__mapper__.attrs["pets"])
 
 
 def test_result_tuples_reads_by_position(session: Session) -> None:
-    rows = list(_compat.result_tuples(session.execute(select(Owner.id, Owner.name))))
+    rows = list(_sqla.result_tuples(session.execute(select(Owner.id, Owner.name))))
     assert [tuple(row) for row in rows] == [(1, "o1"), (2, "o2")]
     joined = session.execute(select(Owner).options(joinedload(Owner.pets)))
-    assert sorted(o.id for (o,) in _compat.result_tuples(joined)) == [1, 2]
+    assert sorted(o.id for (o,) in _sqla.result_tuples(joined)) == [1, 2]
 
 
 def test_profile_key_lives_in_the_state_dict_and_is_not_pickled(session: Session) -> None:
     state = sa_inspect(session.get(Owner, 1))
-    state.__dict__[_compat.PROFILE_KEY] = object()
+    profile = object()
+    _sqla.store_profile(state=state, profile=profile)
     try:
-        assert _compat.PROFILE_KEY not in state.__getstate__()
+        assert _sqla.stored_profile(state) is profile
+        assert _sqla._PROFILE_KEY in state.__dict__
+        assert _sqla._PROFILE_KEY not in state.__getstate__()
     finally:
-        del state.__dict__[_compat.PROFILE_KEY]
+        _sqla.forget_profile(state=state)
+    assert _sqla.stored_profile(state) is None
 
 
 def test_refresh_trigger_reads_the_attribute_machinery(session: Session) -> None:
-    """The frames _compat.refresh_trigger walks: the expired-attribute loader
+    """The frames _sqla.refresh_trigger walks: the expired-attribute loader
     is called from _fire_loader_callables(state, key, ...), called by the
     attribute's get(), called by the descriptor's __get__."""
     owners = session.scalars(select(Owner)).all()
     session.expire_all()
-    manager = Owner.__mapper__.class_manager
-    original = _compat.class_manager_expired_loader(manager)
+    mapper = Owner.__mapper__
+    original = _sqla.expired_attribute_loader(mapper=mapper)
     seen: list[tuple[str | None, bool]] = []
 
     def spy(state: InstanceState[Any], toload: Any, passive: Any) -> Any:
-        seen.append(_compat.refresh_trigger(state))
+        seen.append(_sqla.refresh_trigger(state=state))
         return original(state, toload, passive)
 
-    _compat.set_class_manager_expired_loader(manager, spy)
+    _sqla.set_expired_attribute_loader(mapper=mapper, loader=spy)
     try:
         owners[0].name  # noqa: B018 -- user code reading an expired column
     finally:
-        _compat.set_class_manager_expired_loader(manager, original)
+        _sqla.set_expired_attribute_loader(mapper=mapper, loader=original)
     assert seen == [("name", True)]
 
 
@@ -197,9 +201,9 @@ def test_stamped_options_and_joined_eager_loads(session: Session) -> None:
     plain, joined = _load_contexts(
         session, (select(Owner), {}), (select(Owner).options(joinedload(Owner.pets)), {})
     )
-    assert isinstance(_compat.propagated_options(plain), tuple)
-    assert _compat.rows_reach_one_path(plain)
-    assert not _compat.rows_reach_one_path(joined)
+    assert isinstance(_sqla.propagated_options(context=plain), tuple)
+    assert _sqla.rows_reach_one_path(context=plain)
+    assert not _sqla.rows_reach_one_path(context=joined)
 
 
 def test_lazy_load_options_reach_listeners(session: Session) -> None:
@@ -222,14 +226,16 @@ def test_lazy_load_options_reach_listeners(session: Session) -> None:
 
     event.listen(session, "do_orm_execute", listener)
     try:
-        path = state.mapper._path_registry
-        pets = path[state.mapper.attrs["pets"]]
-        stmt = _compat.as_lazy_load(select(Owner), pets, for_columns=False)
-        options = _compat.lazy_load_execution_options(
+        stmt = _sqla.as_lazy_load(
+            select(Owner), state=state, prop=state.mapper.attrs["pets"], extra_options=()
+        )
+        options = _sqla.lazy_load_execution_options(
             loaded_from=state, identity_token=None, autoflush=False
         )
         session.execute(stmt, execution_options=options).all()
-        column_stmt = _compat.as_lazy_load(select(Owner.id), None, for_columns=True)
+        column_stmt = _sqla.as_lazy_load(
+            select(Owner.id), state=state, prop=state.mapper.attrs["bio"], extra_options=()
+        )
         session.execute(column_stmt, execution_options=options).all()
     finally:
         event.remove(session, "do_orm_execute", listener)
