@@ -43,8 +43,8 @@ from bisect import bisect_right
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy.orm import InstanceState
 from sqlalchemy.orm.attributes import instance_dict
-from sqlalchemy.orm.state import InstanceState
 
 from . import _sqla
 

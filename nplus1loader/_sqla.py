@@ -142,15 +142,13 @@ def delegate_setup_query(
     path: Any,
     loadopt: Any,
     adapter: Any,
-    extra: Sequence[Any] = (),
     kw: dict[str, Any],
 ) -> None:
     """Hand ``setup_query`` on to another strategy of the same attribute
     (the one SQLAlchemy would have used), with the arguments our strategy
     was called with (a column strategy's ``column_collection`` and
-    ``memoized_populators`` travel in ``extra``, by position, as
-    SQLAlchemy passes them)."""
-    strategy.setup_query(compile_state, query_entity, path, loadopt, adapter, *extra, **kw)
+    ``memoized_populators`` travel in ``kw``, as SQLAlchemy passes them)."""
+    strategy.setup_query(compile_state, query_entity, path, loadopt, adapter, **kw)
 
 
 def delegate_row_processor(

@@ -139,17 +139,114 @@ def _note_query_site(context: Any, profile: Any, declared_mode: str) -> None:
         profile.query_site = site
 
 
-def _mode_of(loadopt: Any, strategy_mode: str) -> str:
-    """The declared mode of a loader: a raiseload_* option's strategy is
-    the raising one (strict); the other options' mode is their own."""
-    if isinstance(loadopt, ArmedElement) and strategy_mode != RAISE:
-        return loadopt.mode
-    return strategy_mode
+def _armed_loader(strategy: Any, loadopt: Any, context: Any, *, nested: bool) -> ArmedLoader:
+    """The loader that arms ``strategy``'s attribute for this query: the
+    option's settings, else (``lazy="nplus1loader"`` in the mapping) the
+    defaults, ``nested`` among them.  A raiseload_* option's strategy is the
+    raising one (strict); the other options' mode is their own."""
+    strategy_mode = strategy._nplus1_mode
+    option = isinstance(loadopt, ArmedElement)
+    return ArmedLoader(
+        strategy,
+        mode=loadopt.mode if option and strategy_mode != RAISE else strategy_mode,
+        strict=strategy_mode == RAISE,
+        nested=loadopt.nested if option else nested,
+        chunk_size=loadopt.chunk_size if option else _MAPPING_CHUNK_SIZE,
+        criteria=_sqla.loader_criteria(context=context),
+    )
+
+
+class _Arming:
+    """What both of our strategies do with SQLAlchemy's two hooks: decide
+    per attribute (:func:`_decide`), hand an attribute it does not arm on to
+    the strategy SQLAlchemy would have used, and arm the others.  The
+    subclasses say what arming adds at each hook (:meth:`arm_setup`,
+    :meth:`arm_rows`)."""
+
+    __slots__ = ()
+
+    _nplus1_mode: str
+    parent_property: Any
+
+    def setup_query(
+        self,
+        compile_state: Any,
+        query_entity: Any,
+        path: Any,
+        loadopt: Any,
+        adapter: Any,
+        **kw: Any,
+    ) -> None:
+        # A column's column_collection and memoized_populators come by
+        # keyword, in ``kw``, as SQLAlchemy passes them.
+        arm, key, under = _decide(self.parent_property, loadopt, compile_state.attributes, path)
+        if arm:
+            self.arm_setup(compile_state, query_entity, path, loadopt, adapter, kw)
+            return
+        _sqla.delegate_setup_query(
+            strategy=_sqla.get_strategy(prop=self.parent_property, key=key),
+            compile_state=compile_state,
+            query_entity=query_entity,
+            path=path,
+            loadopt=under,
+            adapter=adapter,
+            kw=kw,
+        )
+        self.handed_on_setup(loadopt, kw)
+
+    def create_row_processor(
+        self,
+        context: Any,
+        query_entity: Any,
+        path: Any,
+        loadopt: Any,
+        mapper: Any,
+        result: Any,
+        adapter: Any,
+        populators: Any,
+    ) -> None:
+        arm, key, under = self.decide_rows(context, path, loadopt, mapper, populators)
+        if arm:
+            self.arm_rows(context, path, loadopt, mapper, populators)
+            return
+        _sqla.delegate_row_processor(
+            strategy=_sqla.get_strategy(prop=self.parent_property, key=key),
+            context=context,
+            query_entity=query_entity,
+            path=path,
+            loadopt=under,
+            mapper=mapper,
+            result=result,
+            adapter=adapter,
+            populators=populators,
+        )
+
+    def decide_rows(
+        self, context: Any, path: Any, loadopt: Any, mapper: Any, populators: Any
+    ) -> tuple[bool, Any, Any]:
+        return _decide(self.parent_property, loadopt, context.attributes, path)
+
+    def arm_setup(
+        self,
+        compile_state: Any,
+        query_entity: Any,
+        path: Any,
+        loadopt: Any,
+        adapter: Any,
+        kw: dict[str, Any],
+    ) -> None:
+        """At compile time, for an attribute this query arms."""
+
+    def handed_on_setup(self, loadopt: Any, kw: dict[str, Any]) -> None:
+        """At compile time, after handing an attribute on."""
+
+    def arm_rows(self, context: Any, path: Any, loadopt: Any, mapper: Any, populators: Any) -> None:
+        raise NotImplementedError
 
 
 @RelationshipProperty.strategy_for(lazy="nplus1loader")
 @RelationshipProperty.strategy_for(lazy="nplus1loader_raise")
-class ArmedRelationshipLoader(_sqla.RaisingLazyLoader):
+class ArmedRelationshipLoader(_Arming, _sqla.RaisingLazyLoader):
     """A lazy loader whose armed instances batch-load (or raise)."""
 
     __slots__ = ("_nplus1_mode",)
@@ -168,66 +265,13 @@ class ArmedRelationshipLoader(_sqla.RaisingLazyLoader):
             state.class_.__name__, prop.key, RELATIONSHIP, _sqla.load_path_of(state), prop
         )
 
-    def setup_query(
-        self,
-        compile_state: Any,
-        query_entity: Any,
-        path: Any,
-        loadopt: Any,
-        adapter: Any,
-        **kw: Any,
-    ) -> None:
-        arm, key, under = _decide(self.parent_property, loadopt, compile_state.attributes, path)
-        if not arm:
-            _sqla.delegate_setup_query(
-                strategy=_sqla.get_strategy(prop=self.parent_property, key=key),
-                compile_state=compile_state,
-                query_entity=query_entity,
-                path=path,
-                loadopt=under,
-                adapter=adapter,
-                kw=kw,
-            )
-
-    def create_row_processor(
-        self,
-        context: Any,
-        query_entity: Any,
-        path: Any,
-        loadopt: Any,
-        mapper: Any,
-        result: Any,
-        adapter: Any,
-        populators: Any,
-    ) -> None:
-        arm, key, under = _decide(self.parent_property, loadopt, context.attributes, path)
-        if not arm:
-            _sqla.delegate_row_processor(
-                strategy=_sqla.get_strategy(prop=self.parent_property, key=key),
-                context=context,
-                query_entity=query_entity,
-                path=path,
-                loadopt=under,
-                mapper=mapper,
-                result=result,
-                adapter=adapter,
-                populators=populators,
-            )
-            return
+    def arm_rows(self, context: Any, path: Any, loadopt: Any, mapper: Any, populators: Any) -> None:
         # No nplus1 option here: the mapping's own lazy="nplus1loader" (or an
         # option that names no strategy, defaultload()) arms the attribute
         # with the defaults of nplus1loader_rels() on it.
-        option = isinstance(loadopt, ArmedElement)
-        loader = ArmedLoader(
-            self,
-            mode=_mode_of(loadopt, self._nplus1_mode),
-            strict=self._nplus1_mode == RAISE,
-            nested=loadopt.nested if option else self._nplus1_mode != RAISE,
-            chunk_size=loadopt.chunk_size if option else _MAPPING_CHUNK_SIZE,
-            criteria=_sqla.loader_criteria(context=context),
-        )
+        loader = _armed_loader(self, loadopt, context, nested=self._nplus1_mode != RAISE)
         _install(context, path, mapper, loader, populators)
-        if not option and loader.mode != RAISE:
+        if not isinstance(loadopt, ArmedElement) and loader.mode != RAISE:
             _refresh_as_anchored(context, path, mapper, populators)
 
 
@@ -246,7 +290,7 @@ def _refresh_as_anchored(context: Any, path: Any, mapper: Any, populators: Any) 
 
 @ColumnProperty.strategy_for(nplus1loader=LOAD)
 @ColumnProperty.strategy_for(nplus1loader=RAISE)
-class ArmedColumnLoader(_sqla.DeferredColumnLoader):  # type: ignore[misc]
+class ArmedColumnLoader(_Arming, _sqla.DeferredColumnLoader):  # type: ignore[misc]
     """A deferred-column loader whose armed instances batch-load (or
     raise).  Subclassing the stock deferred loader keeps its rules: the
     primary key and discriminator are always loaded, a refresh loads what it
@@ -258,92 +302,51 @@ class ArmedColumnLoader(_sqla.DeferredColumnLoader):  # type: ignore[misc]
         super().__init__(parent, strategy_key)
         self._nplus1_mode = RAISE if strategy_key == COL_KEYS[RAISE] else LOAD
 
-    def setup_query(
+    def arm_setup(
         self,
         compile_state: Any,
         query_entity: Any,
         path: Any,
         loadopt: Any,
         adapter: Any,
-        column_collection: Any,
-        memoized_populators: Any,
-        **kw: Any,
+        kw: dict[str, Any],
     ) -> None:
-        prop = self.parent_property
-        arm, key, under = _decide(prop, loadopt, compile_state.attributes, path)
-        if not arm:
-            _sqla.delegate_setup_query(
-                strategy=_sqla.get_strategy(prop=prop, key=key),
-                compile_state=compile_state,
-                query_entity=query_entity,
-                path=path,
-                loadopt=under,
-                adapter=adapter,
-                extra=(column_collection, memoized_populators),
-                kw=kw,
-            )
-            if getattr(loadopt, "anchor", False):
-                # The anchor column must reach create_row_processor, where it
-                # adds the populator that remembers the instance is armed.
-                _sqla.undo_deferred_marker(
-                    memoized_populators=memoized_populators, prop=prop, always=True
-                )
-            return
-        super().setup_query(
-            compile_state,
-            query_entity,
-            path,
-            loadopt,
-            adapter,
-            column_collection,
-            memoized_populators,
-            **kw,
+        # The stock deferred loader's own setup, then without its marker the
+        # column goes through create_row_processor, where it is armed
+        # instead of SQLAlchemy's hook.
+        _sqla.DeferredColumnLoader.setup_query(  # type: ignore[attr-defined]
+            self, compile_state, query_entity, path, loadopt, adapter, **kw
         )
-        # Without its marker the column goes through create_row_processor
-        # below, where the column is armed instead of SQLAlchemy's hook.
-        _sqla.undo_deferred_marker(memoized_populators=memoized_populators, prop=prop, always=False)
+        _sqla.undo_deferred_marker(
+            memoized_populators=kw["memoized_populators"], prop=self.parent_property, always=False
+        )
 
-    def create_row_processor(
-        self,
-        context: Any,
-        query_entity: Any,
-        path: Any,
-        loadopt: Any,
-        mapper: Any,
-        result: Any,
-        adapter: Any,
-        populators: Any,
-    ) -> None:
-        prop = self.parent_property
+    def handed_on_setup(self, loadopt: Any, kw: dict[str, Any]) -> None:
+        if getattr(loadopt, "anchor", False):
+            # The anchor column must reach create_row_processor, where it
+            # adds the populator that remembers the instance is armed.
+            _sqla.undo_deferred_marker(
+                memoized_populators=kw["memoized_populators"],
+                prop=self.parent_property,
+                always=True,
+            )
+
+    def decide_rows(
+        self, context: Any, path: Any, loadopt: Any, mapper: Any, populators: Any
+    ) -> tuple[bool, Any, Any]:
         if getattr(loadopt, "anchor", False):
             _remember_armed(context, path, mapper, loadopt, populators)
-        arm, key, under = _decide(prop, loadopt, context.attributes, path)
+        arm, key, under = super().decide_rows(context, path, loadopt, mapper, populators)
         only = _sqla.only_load_props(context=context) if arm and context.refresh_state else None
-        if only and self.key in only:
-            arm, key, under = False, _UNDEFERRED, loadopt
-        if not arm:
-            _sqla.delegate_row_processor(
-                strategy=_sqla.get_strategy(prop=prop, key=key),
-                context=context,
-                query_entity=query_entity,
-                path=path,
-                loadopt=under,
-                mapper=mapper,
-                result=result,
-                adapter=adapter,
-                populators=populators,
-            )
-            return
-        option = isinstance(loadopt, ArmedElement)
-        loader = ArmedLoader(
-            self,
-            mode=_mode_of(loadopt, self._nplus1_mode),
-            strict=self._nplus1_mode == RAISE,
-            nested=loadopt.nested if option else True,
-            chunk_size=loadopt.chunk_size if option else _MAPPING_CHUNK_SIZE,
-            criteria=_sqla.loader_criteria(context=context),
+        if only and self.parent_property.key in only:
+            # A refresh asking for this very column loads it.
+            return False, _UNDEFERRED, loadopt
+        return arm, key, under
+
+    def arm_rows(self, context: Any, path: Any, loadopt: Any, mapper: Any, populators: Any) -> None:
+        _install(
+            context, path, mapper, _armed_loader(self, loadopt, context, nested=True), populators
         )
-        _install(context, path, mapper, loader, populators)
 
 
 for _mode, _key in REL_KEYS.items():
