@@ -959,9 +959,11 @@ class Runner:
                 self.fail(f"query results differ: N {got[0]} / O {got[1]}")
             if n.selects > o.selects:
                 self.fail(f"query cost {n.selects} SELECTs in N, {o.selects} in O")
-            # SQLAlchemy populates an instance once per query, through the
-            # first path whose row reaches it: one a self-referential
+            # SQLAlchemy populates a new instance once per query, through
+            # the first path whose row reaches it: one a self-referential
             # joinedload brings before its own row is not armed as a lead.
+            # An instance already in the session is re-armed by every lead
+            # row that reaches it, whatever reached it first.
             joined = [
                 attr
                 for how, attr in opt.stock
@@ -971,8 +973,8 @@ class Runner:
             reached: set[Any] = set()
             for obj in n.value:
                 state = inspect(obj)
-                if state not in reached:
-                    snap = before.get(state)
+                snap = before.get(state)
+                if state not in reached or snap is not None:
                     unloaded = set(snap.unloaded if snap else ATTRS[type(obj).__name__])
                     self.model.query_loaded(state, opt, unloaded, new=snap is None)
                 reached.add(state)
@@ -1614,6 +1616,25 @@ FOUND = {
             Op("add", ("Author", 50, ("Author", 0))),
             Op("commit"),
             Op("touch", (("Author", 0), (True, 0))),
+        ),
+    ),
+    # Authors 2 and 3, already in the session, came first as author 1's
+    # joined mentees, then as lead rows of raiseload_all('*'): the library
+    # re-arms an instance already in the session by every later query whose
+    # lead rows reach it, the model applied the first-path rule of new
+    # instances to them (fixed in the model: that rule is SQLAlchemy
+    # populating a new instance once, through its first path).
+    "existing-instance-joined-first-is-re-armed-as-a-lead": Program(
+        _graph(
+            author=[
+                {**AUTHOR_1, "id": i, "name": f"author {i}", "mentor_id": None if i == 1 else 1}
+                for i in (1, 2, 3)
+            ]
+        ),
+        (
+            Op("query", ("Author", Opt(), None)),
+            Op("query", ("Author", Opt("raiseload_all", stock=(("joinedload", "mentees"),)), None)),
+            Op("loop", ("Author", "bio")),
         ),
     ),
 }
