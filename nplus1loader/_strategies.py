@@ -144,7 +144,7 @@ def _armed_loader(strategy: Any, loadopt: Any, context: Any, *, nested: bool) ->
     option's settings, else (``lazy="nplus1loader"`` in the mapping) the
     defaults, ``nested`` among them.  A raiseload_* option's strategy is the
     raising one (strict); the other options' mode is their own."""
-    strategy_mode = strategy._nplus1_mode
+    strategy_mode = strategy.nplus1_mode
     option = isinstance(loadopt, ArmedElement)
     return ArmedLoader(
         strategy,
@@ -165,7 +165,7 @@ class _Arming:
 
     __slots__ = ()
 
-    _nplus1_mode: str
+    nplus1_mode: str
     parent_property: Any
 
     def setup_query(
@@ -249,12 +249,12 @@ class _Arming:
 class ArmedRelationshipLoader(_Arming, _sqla.RaisingLazyLoader):
     """A lazy loader whose armed instances batch-load (or raise)."""
 
-    __slots__ = ("_nplus1_mode",)
+    __slots__ = ("nplus1_mode",)
 
     def __init__(self, parent: Any, strategy_key: Any) -> None:
         super().__init__(parent, strategy_key)
-        self._nplus1_mode = RAISE if strategy_key == REL_KEYS[RAISE] else LOAD
-        if self._nplus1_mode == RAISE:
+        self.nplus1_mode = RAISE if strategy_key == REL_KEYS[RAISE] else LOAD
+        if self.nplus1_mode == RAISE:
             # SQLAlchemy's lazy="raise" rules decide *when* to raise (never
             # while flushing or for backref bookkeeping).
             self.raise_always()
@@ -269,7 +269,7 @@ class ArmedRelationshipLoader(_Arming, _sqla.RaisingLazyLoader):
         # No nplus1 option here: the mapping's own lazy="nplus1loader" (or an
         # option that names no strategy, defaultload()) arms the attribute
         # with the defaults of nplus1loader_rels() on it.
-        loader = _armed_loader(self, loadopt, context, nested=self._nplus1_mode != RAISE)
+        loader = _armed_loader(self, loadopt, context, nested=self.nplus1_mode != RAISE)
         _install(context, path, mapper, loader, populators)
         if not isinstance(loadopt, ArmedElement) and loader.mode != RAISE:
             _refresh_as_anchored(context, path, mapper, populators)
@@ -296,11 +296,11 @@ class ArmedColumnLoader(_Arming, _sqla.DeferredColumnLoader):  # type: ignore[mi
     primary key and discriminator are always loaded, a refresh loads what it
     was asked for."""
 
-    __slots__ = ("_nplus1_mode",)
+    __slots__ = ("nplus1_mode",)
 
     def __init__(self, parent: Any, strategy_key: Any) -> None:
         super().__init__(parent, strategy_key)
-        self._nplus1_mode = RAISE if strategy_key == COL_KEYS[RAISE] else LOAD
+        self.nplus1_mode = RAISE if strategy_key == COL_KEYS[RAISE] else LOAD
 
     def arm_setup(
         self,
