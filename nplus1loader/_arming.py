@@ -162,9 +162,11 @@ def profile_for(
         # read, not by a row populator, which would cost them a partial
         # population and a ``refresh`` event stock does not fire.  A batch
         # (like SQLAlchemy's own lazy loads) does not reach them: they stay
-        # armed as they were, as SQLAlchemy keeps their load options.  An
-        # empty session holds none: then the rows pay nothing for it.
-        if len(context.session.identity_map):
+        # armed as they were, as SQLAlchemy keeps their load options, and it
+        # registers nothing (SQLAlchemy would log each row it creates for a
+        # callback that has nothing to do).  An empty session holds none
+        # either: then the rows pay nothing for it.
+        if _sqla.rows_reach_existing_instances(context=context):
             _sqla.register_post_load(
                 context=context,
                 path=path,

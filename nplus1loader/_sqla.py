@@ -458,6 +458,15 @@ def stamp_key(path: Any) -> tuple[Any, ...]:
     return tuple(getattr(step, "base_mapper", step) for step in path.natural_path)
 
 
+def rows_reach_existing_instances(*, context: Any) -> bool:
+    """Whether this query execution can hand a :func:`register_post_load`
+    callback instances that were in the session before it: only with
+    instances there, and not for a lazy load's statement (which SQLAlchemy,
+    and a batch, run without ``invoke_all_eagers``; ``loading._instance``
+    then adds only the instances it creates)."""
+    return bool(context.invoke_all_eagers and len(context.session.identity_map))
+
+
 def load_path_for(*, context: Any, path: Any) -> Any:
     """The path SQLAlchemy stamps as ``load_path`` on the instances the
     rows of ``path`` reach (``loading._instance_processor``: a lazy load or
