@@ -1,4 +1,5 @@
-"""Models, data and helpers shared by the core test modules (``test_core_*.py``).
+"""Models, data and helpers shared by the core test modules (most of
+``tests/touch/``, ``tests/batch/``, ``tests/options/`` and ``tests/report/``).
 
 One small blog-like schema covers every relationship shape the core issue
 names: many-to-one (``Article.author``), one-to-many (``User.articles``),

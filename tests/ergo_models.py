@@ -1,5 +1,5 @@
 """Models, data and oracles shared by the ergonomics tests (issue 6:
-``test_session_switch.py``, ``test_modes.py``, ``test_stats.py``).
+``session/test_switch.py``, ``report/test_modes.py``, ``report/test_stats.py``).
 
 Authors write books, books get reviews; ``Author.bio`` is a deferred column.
 Tables are prefixed ``ergo_`` because every test module shares one database

@@ -32,7 +32,7 @@ from tests.ergo_models import async_url
 
 pytest_plugins = ["pytester"]
 
-DOCS = Path(__file__).resolve().parent.parent / "README.md"
+DOCS = Path(__file__).resolve().parents[2] / "README.md"
 _SNIPPET = re.compile(r"<!-- snippet: (\w+) -->\n```python\n(.*?)```", re.DOTALL)
 _module_numbers = itertools.count()
 
