@@ -12,7 +12,7 @@ inheritance (``Animal`` / ``Dog`` / ``Cat``).  Classes keep the short names
 the log and error messages are specified with (``User.articles``); tables are
 prefixed ``core_`` because every test module shares one database per backend.
 
-Expected values are never written down: :func:`run` computes them by running
+Expected values are never written down: :func:`stock` computes them by running
 the same loop with stock SQLAlchemy lazy loading in a fresh session.
 """
 
@@ -40,6 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 import nplus1loader  # noqa: F401  (registers the strategies)
+from tests import _oracle as oracle
 from tests._db import QueryCounter, setup_schema
 
 
@@ -356,11 +357,16 @@ def stock(
     where: Any = None,
     bind: Any = None,
 ) -> Outcome:
-    """The oracle: the same loop with stock lazy loading in a fresh session
-    (on ``bind``, a Connection, to see what another session flushed in it)."""
-    with Session(bind if bind is not None else engine) as session:
-        objs = load(session, "scalars", entity, *options, where=where)
-        return touch_all(engine, objs, touch)
+    """The oracle (:func:`tests._oracle.stock`): the same loop with stock
+    lazy loading in a fresh session (on ``bind``, a Connection, to see what
+    another session flushed in it), its queries counted on ``engine``."""
+    reading = oracle.stock(
+        bind if bind is not None else engine,
+        lambda session: load(session, "scalars", entity, *options, where=where),
+        lambda objs: {ident(obj): plain(touch(obj)) for obj in objs},
+        counted=engine,
+    )
+    return Outcome(reading.values, reading.queries, reading.statements)
 
 
 def loaded(obj: Any, key: str) -> bool:
