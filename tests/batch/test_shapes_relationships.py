@@ -125,9 +125,11 @@ def test_dynamic_and_write_only_left_untouched(engine: Engine, attr: str) -> Non
                 for a, h in zip(authors, handles, strict=True)
             }
         q.assert_count(1 + len(authors))  # one query per instance, as stock
-    with zoo_sessions(engine)() as session:
-        authors = session.scalars(AUTHORS).all()
-        expected = {identity(a): snapshot(a.books_dynamic.all()) for a in authors}
+    expected = oracle.stock(
+        zoo_sessions(engine),
+        AUTHORS,
+        lambda authors: {identity(a): snapshot(a.books_dynamic.all()) for a in authors},
+    ).values
     assert got == expected
     assert len({repr(v) for v in got.values()}) > 1
 
@@ -148,11 +150,13 @@ def test_model_eager_defaults_keep_working(engine: Engine) -> None:
         q.assert_count(2)
         got = {identity(p): [snapshot(getattr(p, attr)) for attr in attrs] for p in publishers}
         q.assert_count(2)
-    with zoo_sessions(engine)() as session:
-        publishers = session.scalars(PUBLISHERS).unique().all()
-        expected = {
+    expected = oracle.stock(
+        zoo_sessions(engine),
+        lambda session: session.scalars(PUBLISHERS).unique().all(),
+        lambda publishers: {
             identity(p): [snapshot(getattr(p, attr)) for attr in attrs] for p in publishers
-        }
+        },
+    ).values
     assert got == expected
     assert len({repr(v) for v in got.values()}) > 1
 
@@ -179,9 +183,13 @@ def test_batch_keeps_eager_defaults_of_loaded_targets(engine: Engine) -> None:
                 for c in p.catalogues
             }
         after.assert_count(0)
-    with zoo_sessions(engine)() as session:
-        catalogues = session.scalars(select(ZooCatalogue)).unique().all()
-        expected = {identity(c): (snapshot(c.entries), snapshot(c.owner)) for c in catalogues}
+    expected = oracle.stock(
+        zoo_sessions(engine),
+        lambda session: session.scalars(select(ZooCatalogue)).unique().all(),
+        lambda catalogues: {
+            identity(c): (snapshot(c.entries), snapshot(c.owner)) for c in catalogues
+        },
+    ).values
     assert got == expected
     assert all(entries for entries, _ in got.values())
     # Per chunk of publishers: the batch (entries joined in), then the

@@ -47,6 +47,7 @@ from sqlalchemy.orm.interfaces import UserDefinedOption
 import nplus1loader
 from nplus1loader import LazyLoadingAttributeError, raiseload_all
 from nplus1loader import nplus1loader as armed
+from tests import _oracle as oracle
 from tests._db import QueryCounter, setup_schema
 
 
@@ -111,17 +112,15 @@ def db(engine: Engine) -> Engine:
 def _both(
     engine: Engine, entity: Any, read: Callable[[Any], Any], *options: Any
 ) -> tuple[tuple[Any, int], tuple[Any, int]]:
-    """(values, statements) of reading every instance: stock, then armed."""
-    outcomes = []
-    for extra in ((), (armed("*"),)):
-        with Session(engine) as session:
-            objs = session.scalars(
-                select(entity).options(*options, *extra).order_by(entity.id)
-            ).all()
-            with QueryCounter(engine) as q:
-                values = [read(o) for o in objs]
-            outcomes.append((values, q.count))
-    return outcomes[0], outcomes[1]
+    """(values, statements) of reading every instance: stock (the oracle),
+    then armed."""
+    stmt = select(entity).options(*options).order_by(entity.id)
+    stock = oracle.stock(engine, stmt, lambda objs: [read(o) for o in objs])
+    with Session(engine) as session:
+        objs = session.scalars(stmt.options(armed("*"))).all()
+        with QueryCounter(engine) as q:
+            values = [read(o) for o in objs]
+    return (stock.values, stock.queries), (values, q.count)
 
 
 # --------------------------------------------------------- 4: every shape
