@@ -355,7 +355,9 @@ class ZooBook(ZooBase):
     hardcover: Mapped[bool] = mapped_column()
     author: Mapped[ZooAuthor] = relationship(back_populates="books")
     detail: Mapped[ZooBookDetail | None] = relationship(back_populates="book", uselist=False)
-    tags: Mapped[list[ZooTag]] = relationship(secondary=zoo_book_tag, order_by="ZooTag.id")
+    tags: Mapped[list[ZooTag]] = relationship(
+        secondary=zoo_book_tag, back_populates="books", order_by="ZooTag.id"
+    )
     reviews: Mapped[list[ZooReview]] = relationship(back_populates="book")
     same_year: Mapped[list[ZooBook]] = relationship(
         primaryjoin="foreign(ZooBook.year) == remote(ZooBook.year)",
@@ -398,6 +400,9 @@ class ZooTag(ZooBase):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(30))
     active: Mapped[bool] = mapped_column()
+    books: Mapped[list[ZooBook]] = relationship(
+        secondary=zoo_book_tag, back_populates="tags", order_by="ZooBook.id"
+    )
 
 
 class ZooNode(ZooBase):
