@@ -126,6 +126,7 @@ class ZooVehicle(ZooBase):
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(20))
     name: Mapped[str] = mapped_column(String(50))
+    notes: Mapped[str] = mapped_column(String(200), deferred=True)
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("zoo_company.id"))
     owner: Mapped[ZooCompany | None] = relationship()
     parts: Mapped[list[ZooPart]] = relationship(back_populates="vehicle")
@@ -697,7 +698,8 @@ def populate(session: Session) -> None:
         for k in range(7)
     )
     for i in range(1, N + 1):
-        common = {"id": i, "name": f"vehicle {i}", "owner_id": (i % 4) or None}
+        common = {"id": i, "name": f"vehicle {i}", "notes": f"notes on vehicle {i}",
+                  "owner_id": (i % 4) or None}
         if i % 3 == 0:
             session.add(ZooVehicle(**common))
         elif i % 3 == 1:
