@@ -19,6 +19,9 @@
 
 Shared helpers stay at this level so every folder imports them alike:
 ``conftest.py`` (fixtures), ``_db.py`` (databases, statement counting),
-the model modules (``core_models``, ``ergo_models``, ``zoo_models`` with
-``_shapes``, ``fuzz_models``).
+``_oracle.py`` (what stock SQLAlchemy returns in a fresh session), the
+model modules: ``zoo_models`` (every mapping shape, with the ``_shapes``
+machinery), ``core_models`` (the core contract's blog schema),
+``ergo_models`` (the session switch, modes, stats), ``fuzz_models`` (the
+differential fuzzer's twin copies).
 """
