@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql import Select
 
 from nplus1loader import nplus1loader
+from tests import _oracle as oracle
 from tests._db import QueryCounter, setup_schema
 from tests.zoo_models import ZooBase, populate
 
@@ -141,10 +142,12 @@ def stock_values(
     engine: Engine, stmt: Select[Any], attr: str, *, ordered: bool = True
 ) -> dict[Any, Any]:
     """What stock lazy loading gives for ``attr``, in a fresh session: one
-    lazy load per instance."""
-    with zoo_sessions(engine)() as session:
-        instances = [o for o in _results(session, stmt) if _has(o, attr)]
-        return {identity(o): snapshot(getattr(o, attr), ordered) for o in instances}
+    lazy load per instance (:func:`tests._oracle.stock`)."""
+    return oracle.stock(
+        zoo_sessions(engine),
+        lambda session: [o for o in _results(session, stmt) if _has(o, attr)],
+        lambda instances: {identity(o): snapshot(getattr(o, attr), ordered) for o in instances},
+    ).values
 
 
 def check_shape(

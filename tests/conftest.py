@@ -17,6 +17,11 @@ Fixtures
 ``count_queries``
     :class:`tests._db.QueryCounter` bound to ``engine``:
     ``with count_queries() as q: ...; q.assert_count(2)``.
+``session``
+    A Session over freshly seeded ``tests.core_models`` data (``seed_users``
+    users; a module overrides ``seed_users`` for another number).
+``ergo_engine``
+    ``engine`` over freshly seeded ``tests.ergo_models`` data.
 ``engine_registry``
     Session-scoped :class:`tests._db.EngineRegistry`; ``.get("mysql")``
     returns (or skips/fails for) a backend's engine, for session- or
@@ -188,6 +193,18 @@ def session(engine: Engine, seed_users: int) -> Iterator[Session]:
     seed(engine, users=seed_users)
     with Session(engine) as session:
         yield session
+
+
+@pytest.fixture
+def ergo_engine(engine: Engine) -> Engine:
+    """``engine`` over the ``tests.ergo_models`` data (authors, books,
+    reviews), seeded afresh: the engine the session-switch, modes, stats and
+    patterns tests share.  A module that needs more around it (no forced
+    mode, say) overrides it by the same name and requests this one."""
+    from tests.ergo_models import seed  # here: its models load only where used
+
+    seed(engine)
+    return engine
 
 
 @pytest.fixture

@@ -1,17 +1,19 @@
-"""Models, data and helpers shared by the core test modules (``test_core_*.py``).
+"""Models, data and helpers shared by the core test modules (most of
+``tests/touch/``, ``tests/batch/``, ``tests/options/`` and ``tests/report/``).
 
-One small blog-like schema covers every relationship shape the core issue
-names: many-to-one (``Article.author``), one-to-many (``User.articles``),
+One small blog-like schema for the core contract, with the common
+relationship kinds: many-to-one (``Article.author``), one-to-many (``User.articles``),
 many-to-many through ``secondary`` (``User.groups``), one-to-one with
 ``uselist=False`` (``User.profile``, present for odd users only),
-self-referential both ways (``User.manager`` / ``User.reports``), composite
-primary and foreign keys (``Shelf`` / ``Book``), deferred columns (``User.bio``
-alone, ``Article.body`` + ``Article.summary`` as a group) and single-table
-inheritance (``Animal`` / ``Dog`` / ``Cat``).  Classes keep the short names
+self-referential both ways (``User.manager`` / ``User.reports``) and
+deferred columns (``User.bio`` alone, ``Article.body`` + ``Article.summary``
+as a group).  The other mapping shapes (composite keys, inheritance, and
+the rest) live in one place, the shape zoo (``tests/zoo_models.py``), and
+the core tests that need them use it.  Classes keep the short names
 the log and error messages are specified with (``User.articles``); tables are
 prefixed ``core_`` because every test module shares one database per backend.
 
-Expected values are never written down: :func:`run` computes them by running
+Expected values are never written down: :func:`stock` computes them by running
 the same loop with stock SQLAlchemy lazy loading in a fresh session.
 """
 
@@ -25,8 +27,6 @@ from sqlalchemy import (
     Column,
     Engine,
     ForeignKey,
-    ForeignKeyConstraint,
-    Integer,
     String,
     Table,
     Text,
@@ -39,6 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 import nplus1loader  # noqa: F401  (registers the strategies)
+from tests import _oracle as oracle
 from tests._db import QueryCounter, setup_schema
 
 
@@ -116,60 +117,6 @@ class Group(Base):
     )
 
 
-class Shelf(Base):
-    """Composite primary key (region, number)."""
-
-    __tablename__ = "core_shelf"
-
-    region: Mapped[str] = mapped_column(String(10), primary_key=True)
-    number: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
-    label: Mapped[str] = mapped_column(String(50))
-    notes: Mapped[str] = mapped_column(Text, deferred=True)
-
-    books: Mapped[list[Book]] = relationship(back_populates="shelf", order_by="Book.id")
-
-
-class Book(Base):
-    """Composite foreign key to :class:`Shelf` (NULL for books not shelved)."""
-
-    __tablename__ = "core_book"
-    __table_args__ = (
-        ForeignKeyConstraint(
-            ["shelf_region", "shelf_number"], ["core_shelf.region", "core_shelf.number"]
-        ),
-    )
-
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
-    title: Mapped[str] = mapped_column(String(100))
-    shelf_region: Mapped[str | None] = mapped_column(String(10))
-    shelf_number: Mapped[int | None] = mapped_column(Integer)
-
-    shelf: Mapped[Shelf | None] = relationship(back_populates="books")
-
-
-class Animal(Base):
-    """Single-table inheritance: peers of ``Animal.notes`` include subclasses."""
-
-    __tablename__ = "core_animal"
-    __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "animal"}
-
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
-    kind: Mapped[str] = mapped_column(String(20))
-    name: Mapped[str] = mapped_column(String(50))
-    notes: Mapped[str] = mapped_column(Text, deferred=True)
-    owner_id: Mapped[int | None] = mapped_column(ForeignKey("core_user.id"))
-
-    owner: Mapped[User | None] = relationship()
-
-
-class Dog(Animal):
-    __mapper_args__ = {"polymorphic_identity": "dog"}
-
-
-class Cat(Animal):
-    __mapper_args__ = {"polymorphic_identity": "cat"}
-
-
 # ---------------------------------------------------------------- data
 
 _schema_ready: set[str] = set()
@@ -233,30 +180,6 @@ def seed(engine: Engine, users: int = 6) -> None:
         for g in (1, 2, 3)
         if u["id"] % 4 and (u["id"] + g) % 3
     ]
-    shelf_rows = [
-        {"region": r, "number": n, "label": f"shelf {r}{n}", "notes": f"notes on {r}{n}"}
-        for r in ("A", "B")
-        for n in (1, 2, 3)
-    ]
-    book_rows = [
-        {
-            "id": b,
-            "title": f"book {b}",
-            "shelf_region": None if b % 5 == 0 else "AB"[b % 2],
-            "shelf_number": None if b % 5 == 0 else b % 3 + 1,
-        }
-        for b in range(1, 13)
-    ]
-    animal_rows = [
-        {
-            "id": n,
-            "kind": ("dog", "cat")[n % 2],
-            "name": f"animal{n}",
-            "notes": f"notes on animal {n}",
-            "owner_id": (n % users) + 1 if n % 3 else None,
-        }
-        for n in range(1, 9)
-    ]
 
     with engine.begin() as conn:
         # Managers first: user i reports to user i // 2, inserted earlier.
@@ -267,9 +190,6 @@ def seed(engine: Engine, users: int = 6) -> None:
             (Profile.__table__, profile_rows),
             (Group.__table__, group_rows),
             (membership, membership_rows),
-            (Shelf.__table__, shelf_rows),
-            (Book.__table__, book_rows),
-            (Animal.__table__, animal_rows),
         ):
             if rows:
                 conn.execute(insert(table), rows)
@@ -284,7 +204,6 @@ def delete_user_behind_session(engine: Engine, user_id: int) -> None:
         conn.execute(delete(Article).where(Article.author_id == user_id))
         conn.execute(delete(Profile).where(Profile.user_id == user_id))
         conn.execute(delete(membership).where(membership.c.user_id == user_id))
-        conn.execute(update(Animal).where(Animal.owner_id == user_id).values(owner_id=None))
         conn.execute(update(User).where(User.manager_id == user_id).values(manager_id=None))
         conn.execute(delete(User).where(User.id == user_id))
 
@@ -355,11 +274,16 @@ def stock(
     where: Any = None,
     bind: Any = None,
 ) -> Outcome:
-    """The oracle: the same loop with stock lazy loading in a fresh session
-    (on ``bind``, a Connection, to see what another session flushed in it)."""
-    with Session(bind if bind is not None else engine) as session:
-        objs = load(session, "scalars", entity, *options, where=where)
-        return touch_all(engine, objs, touch)
+    """The oracle (:func:`tests._oracle.stock`): the same loop with stock
+    lazy loading in a fresh session (on ``bind``, a Connection, to see what
+    another session flushed in it), its queries counted on ``engine``."""
+    reading = oracle.stock(
+        bind if bind is not None else engine,
+        lambda session: load(session, "scalars", entity, *options, where=where),
+        lambda objs: {ident(obj): plain(touch(obj)) for obj in objs},
+        counted=engine,
+    )
+    return Outcome(reading.values, reading.queries, reading.statements)
 
 
 def loaded(obj: Any, key: str) -> bool:

@@ -1,5 +1,5 @@
 """Models, data and oracles shared by the ergonomics tests (issue 6:
-``test_session_switch.py``, ``test_modes.py``, ``test_stats.py``).
+``session/test_switch.py``, ``report/test_modes.py``, ``report/test_stats.py``).
 
 Authors write books, books get reviews; ``Author.bio`` is a deferred column.
 Tables are prefixed ``ergo_`` because every test module shares one database
@@ -18,7 +18,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncAttrs, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
-from tests._db import QueryCounter, describe_error, report_unreachable, setup_schema
+from tests import _oracle as oracle
+from tests._db import describe_error, report_unreachable, setup_schema
 
 
 class Base(AsyncAttrs, DeclarativeBase):
@@ -101,14 +102,12 @@ READERS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
 
 
 def stock(engine: Engine, reader: str) -> tuple[Any, int]:
-    """The oracle: what ``reader`` returns with stock lazy loading in a fresh
-    session, and how many statements it costs after the first query."""
+    """The oracle (:func:`tests._oracle.stock`): what ``reader`` returns with
+    stock lazy loading in a fresh session, and how many statements it costs
+    after the first query."""
     query, read = READERS[reader]
-    with Session(engine) as session:
-        loaded = session.scalars(query).all()
-        with QueryCounter(engine) as q:
-            values = read(loaded)
-    return values, q.count
+    reading = oracle.stock(engine, query, read)
+    return reading.values, reading.queries
 
 
 # ---------------------------------------------------------------- asyncio

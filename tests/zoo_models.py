@@ -21,9 +21,11 @@ from sqlalchemy import (
     Column,
     ForeignKey,
     ForeignKeyConstraint,
+    Integer,
     String,
     Table,
     Uuid,
+    and_,
     func,
     insert,
     select,
@@ -34,6 +36,7 @@ from sqlalchemy.orm import (
     Mapped,
     Session,
     WriteOnlyMapped,
+    aliased,
     attribute_keyed_dict,
     column_property,
     mapped_column,
@@ -123,6 +126,7 @@ class ZooVehicle(ZooBase):
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(20))
     name: Mapped[str] = mapped_column(String(50))
+    notes: Mapped[str] = mapped_column(String(200), deferred=True)
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("zoo_company.id"))
     owner: Mapped[ZooCompany | None] = relationship()
     parts: Mapped[list[ZooPart]] = relationship(back_populates="vehicle")
@@ -352,7 +356,9 @@ class ZooBook(ZooBase):
     hardcover: Mapped[bool] = mapped_column()
     author: Mapped[ZooAuthor] = relationship(back_populates="books")
     detail: Mapped[ZooBookDetail | None] = relationship(back_populates="book", uselist=False)
-    tags: Mapped[list[ZooTag]] = relationship(secondary=zoo_book_tag, order_by="ZooTag.id")
+    tags: Mapped[list[ZooTag]] = relationship(
+        secondary=zoo_book_tag, back_populates="books", order_by="ZooTag.id"
+    )
     reviews: Mapped[list[ZooReview]] = relationship(back_populates="book")
     same_year: Mapped[list[ZooBook]] = relationship(
         primaryjoin="foreign(ZooBook.year) == remote(ZooBook.year)",
@@ -395,6 +401,9 @@ class ZooTag(ZooBase):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(30))
     active: Mapped[bool] = mapped_column()
+    books: Mapped[list[ZooBook]] = relationship(
+        secondary=zoo_book_tag, back_populates="tags", order_by="ZooBook.id"
+    )
 
 
 class ZooNode(ZooBase):
@@ -527,6 +536,114 @@ ZooArticle.comment_count = column_property(
 )
 
 
+# ------------------------------------------- joins that are not a foreign key
+# (from the stock-parity suite: lazy clauses stock SQLAlchemy builds from
+# more than one foreign key, so a batch must reuse stock's own clause)
+
+zoo_item_keyword = Table(
+    "zoo_item_keyword",
+    ZooBase.metadata,
+    Column("item_id", ForeignKey("zoo_item.id")),
+    Column("keyword_id", ForeignKey("zoo_keyword.id")),
+)
+
+
+class ZooKeyword(ZooBase):
+    __tablename__ = "zoo_keyword"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(20))
+
+
+class ZooItem(ZooBase):
+    """A many-to-many ordered by a column of the ``secondary`` table."""
+
+    __tablename__ = "zoo_item"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    keywords: Mapped[list[ZooKeyword]] = relationship(
+        secondary=zoo_item_keyword, order_by=zoo_item_keyword.c.keyword_id
+    )
+
+
+zoo_t1 = Table(
+    "zoo_t1", ZooBase.metadata, Column("id", Integer, primary_key=True, autoincrement=False)
+)
+zoo_t2 = Table(
+    "zoo_t2",
+    ZooBase.metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("t1id", ForeignKey("zoo_t1.id")),
+)
+zoo_t2tot3 = Table(
+    "zoo_t2tot3",
+    ZooBase.metadata,
+    Column("t2id", ForeignKey("zoo_t2.id")),
+    Column("t3id", ForeignKey("zoo_t3.id")),
+)
+zoo_t3 = Table(
+    "zoo_t3",
+    ZooBase.metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("data", String(20)),
+)
+
+
+class ZooT3(ZooBase):
+    __table__ = zoo_t3
+
+
+class ZooT1(ZooBase):
+    """A ``viewonly`` relationship through two further tables."""
+
+    __table__ = zoo_t1
+    t3s = relationship(
+        ZooT3,
+        primaryjoin=and_(
+            zoo_t1.c.id == zoo_t2.c.t1id,
+            zoo_t2.c.id == zoo_t2tot3.c.t2id,
+            zoo_t3.c.id == zoo_t2tot3.c.t3id,
+        ),
+        viewonly=True,
+        foreign_keys=zoo_t3.c.id,
+        remote_side=zoo_t2.c.t1id,
+    )
+
+
+class ZooChild(ZooBase):
+    __tablename__ = "zoo_child"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    parent_id: Mapped[int] = mapped_column(ForeignKey("zoo_parent.id"))
+    is_open: Mapped[int] = mapped_column()
+
+
+class ZooParent(ZooBase):
+    """Relationships to aliased classes: over a filtering subquery
+    (``open_children``) and over a window function that keeps each
+    parent's first two children (``first_two``)."""
+
+    __tablename__ = "zoo_parent"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+
+
+_open_child = aliased(
+    ZooChild, select(ZooChild.__table__).where(ZooChild.is_open == 1).subquery()
+)
+ZooParent.open_children = relationship(_open_child, viewonly=True)  # type: ignore[attr-defined]
+_partition = select(
+    ZooChild,
+    func.row_number().over(order_by=ZooChild.id, partition_by=ZooChild.parent_id).label("index"),
+).alias()
+_first_two = aliased(ZooChild, _partition)
+ZooParent.first_two = relationship(  # type: ignore[attr-defined]
+    _first_two,
+    primaryjoin=and_(_first_two.parent_id == ZooParent.id, _partition.c.index < 3),
+    viewonly=True,
+)
+
+
 # --------------------------------------------------------- the zoo's data
 
 N = 12
@@ -581,7 +698,8 @@ def populate(session: Session) -> None:
         for k in range(7)
     )
     for i in range(1, N + 1):
-        common = {"id": i, "name": f"vehicle {i}", "owner_id": (i % 4) or None}
+        common = {"id": i, "name": f"vehicle {i}", "notes": f"notes on vehicle {i}",
+                  "owner_id": (i % 4) or None}
         if i % 3 == 0:
             session.add(ZooVehicle(**common))
         elif i % 3 == 1:
@@ -732,3 +850,24 @@ def populate(session: Session) -> None:
     )
     session.flush()
 
+    # Two parents of each of the non-foreign-key joins, as the stock-parity
+    # suite had them: stock lazy loading costs exactly two statements.
+    session.add_all([ZooKeyword(id=1, name="k1"), ZooKeyword(id=2, name="k2")])
+    session.add_all([ZooItem(id=1), ZooItem(id=2), ZooParent(id=1), ZooParent(id=2)])
+    session.add(ZooT3(id=1, data="t3"))
+    session.flush()
+    session.execute(
+        zoo_item_keyword.insert(),
+        [
+            {"item_id": 1, "keyword_id": 2},
+            {"item_id": 1, "keyword_id": 1},
+            {"item_id": 2, "keyword_id": 1},
+        ],
+    )
+    session.execute(zoo_t1.insert(), [{"id": 1}, {"id": 2}])
+    session.execute(zoo_t2.insert(), [{"id": 1, "t1id": 1}])
+    session.execute(zoo_t2tot3.insert(), [{"t2id": 1, "t3id": 1}])
+    session.add_all(
+        [ZooChild(id=i, parent_id=1 + i % 2, is_open=int(i % 3 == 0)) for i in range(1, 9)]
+    )
+    session.flush()

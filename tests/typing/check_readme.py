@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.test_integrations import snippets, write_snippets
+from tests.parity.test_integrations import snippets, write_snippets
 
 HERE = Path(__file__).resolve().parent
 

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from nplus1loader import nplus1loader
 from nplus1loader._registry import Candidates, Registry, registry_of
+from tests import _oracle as oracle
 from tests.core_models import Article, Comment, Group, User
 
 USERS = 60
@@ -46,9 +47,11 @@ def examined(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 def stock_titles(engine: Engine, lo: int, hi: int) -> dict[int, list[str]]:
     """What stock lazy loading gives for users lo..hi, in a fresh session."""
-    with Session(engine) as fresh:
-        users = fresh.scalars(select(User).where(User.id.between(lo, hi))).all()
-        return {u.id: [a.title for a in u.articles] for u in users}
+    return oracle.stock(
+        engine,
+        select(User).where(User.id.between(lo, hi)),
+        lambda users: {u.id: [a.title for a in u.articles] for u in users},
+    ).values
 
 
 def page(session: Session, lo: int, hi: int) -> list[User]:

@@ -29,17 +29,10 @@ from tests.ergo_models import (
     read_bio,
     read_book_authors,
     read_books,
-    seed,
     stock,
 )
 
 LOGGER = "nplus1loader.NPlusOneLazyColumnLoader"
-
-
-@pytest.fixture
-def seeded(engine: Engine) -> Engine:
-    seed(engine)
-    return engine
 
 
 def loaded_instances(reader: str, loaded: list[Any]) -> int:
@@ -59,13 +52,13 @@ def loaded_instances(reader: str, loaded: list[Any]) -> int:
         pytest.param("book_authors", 1, id="many-to-one"),
     ],
 )
-def test_counters_match_the_oracle(seeded: Engine, reader: str, batches: int) -> None:
-    expected, stock_count = stock(seeded, reader)
+def test_counters_match_the_oracle(ergo_engine: Engine, reader: str, batches: int) -> None:
+    expected, stock_count = stock(ergo_engine, reader)
     query, read = READERS[reader]
-    with Session(seeded) as session:
+    with Session(ergo_engine) as session:
         loaded = session.scalars(query.options(nplus1loader())).all()
         assert stats(session) == Stats()
-        with QueryCounter(seeded) as q:
+        with QueryCounter(ergo_engine) as q:
             assert read(loaded) == expected
         assert asdict(stats(session)) == {
             "batches": batches,
@@ -84,7 +77,7 @@ def test_counters_match_the_oracle(seeded: Engine, reader: str, batches: int) ->
     ],
 )
 def test_many_to_one_targets_already_in_the_session(
-    seeded: Engine, held_ids: tuple[int, ...]
+    ergo_engine: Engine, held_ids: tuple[int, ...]
 ) -> None:
     """Stock lazy loading of a many-to-one costs one query per *missing*
     target, so that is what ``queries_saved`` is measured against."""
@@ -92,14 +85,14 @@ def test_many_to_one_targets_already_in_the_session(
     def scenario(session: Session, *options: Any) -> tuple[list[str], int]:
         held = session.scalars(AUTHORS.where(Author.id.in_(held_ids))).all()
         books = session.scalars(BOOKS.options(*options)).all()
-        with QueryCounter(seeded) as q:
+        with QueryCounter(ergo_engine) as q:
             names = read_book_authors(books)
         assert len(held) == len(held_ids)
         return names, q.count
 
-    with Session(seeded) as session:
+    with Session(ergo_engine) as session:
         expected, stock_count = scenario(session)
-    with Session(seeded) as session:
+    with Session(ergo_engine) as session:
         assert scenario(session, nplus1loader()) == (expected, min(stock_count, 1))
         assert asdict(stats(session)) == {
             "batches": 1,
@@ -110,11 +103,11 @@ def test_many_to_one_targets_already_in_the_session(
 
 
 @pytest.mark.parametrize("chunk_size", [1, 2, 4, 500])
-def test_chunked_batches(seeded: Engine, chunk_size: int) -> None:
-    expected, stock_count = stock(seeded, "books")
-    with Session(seeded) as session:
+def test_chunked_batches(ergo_engine: Engine, chunk_size: int) -> None:
+    expected, stock_count = stock(ergo_engine, "books")
+    with Session(ergo_engine) as session:
         authors = session.scalars(AUTHORS.options(nplus1loader(chunk_size=chunk_size))).all()
-        with QueryCounter(seeded) as q:
+        with QueryCounter(ergo_engine) as q:
             assert read_books(authors) == expected
         assert q.count == -(-len(authors) // chunk_size)
         assert asdict(stats(session)) == {
@@ -125,10 +118,10 @@ def test_chunked_batches(seeded: Engine, chunk_size: int) -> None:
         }
 
 
-def test_counters_accumulate_per_session(seeded: Engine) -> None:
-    books, books_stock = stock(seeded, "books")
-    bios, bio_stock = stock(seeded, "bio")
-    with Session(seeded) as session, Session(seeded) as other:
+def test_counters_accumulate_per_session(ergo_engine: Engine) -> None:
+    books, books_stock = stock(ergo_engine, "books")
+    bios, bio_stock = stock(ergo_engine, "bio")
+    with Session(ergo_engine) as session, Session(ergo_engine) as other:
         authors = session.scalars(AUTHORS.options(nplus1loader())).all()
         untouched = other.scalars(AUTHORS.options(nplus1loader())).all()
         assert (read_books(authors), read_bio(authors)) == (books, bios)
@@ -143,9 +136,9 @@ def test_counters_accumulate_per_session(seeded: Engine) -> None:
         assert stats(other) == Stats() and len(untouched) == len(authors)
 
 
-def test_raise_mode_and_plain_lazy_loads_count_nothing(seeded: Engine) -> None:
-    expected, _ = stock(seeded, "books")
-    with Session(seeded) as session:
+def test_raise_mode_and_plain_lazy_loads_count_nothing(ergo_engine: Engine) -> None:
+    expected, _ = stock(ergo_engine, "books")
+    with Session(ergo_engine) as session:
         raising = session.scalars(AUTHORS.options(raiseload_all("*"))).all()
         with pytest.raises(Exception, match="not available due to raiseload"):
             read_books(raising)
@@ -154,9 +147,9 @@ def test_raise_mode_and_plain_lazy_loads_count_nothing(seeded: Engine) -> None:
         assert stats(session) == Stats()
 
 
-def test_async_session_shares_its_sync_session_counters(seeded: Engine, db_name: str) -> None:
-    expected, stock_count = stock(seeded, "books")
-    url = async_url(db_name, seeded)
+def test_async_session_shares_its_sync_session_counters(ergo_engine: Engine, db_name: str) -> None:
+    expected, stock_count = stock(ergo_engine, "books")
+    url = async_url(db_name, ergo_engine)
 
     async def main() -> tuple[Any, Stats, Stats]:
         async_engine = create_async_engine(url)
@@ -183,9 +176,9 @@ def test_async_session_shares_its_sync_session_counters(seeded: Engine, db_name:
 
 
 def test_log_record_carries_structured_fields(
-    seeded: Engine, caplog: pytest.LogCaptureFixture
+    ergo_engine: Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with Session(seeded) as session:
+    with Session(ergo_engine) as session:
         authors = session.scalars(AUTHORS.options(nplus1loader())).all()
         caplog.set_level(logging.DEBUG, logger=LOGGER)
         line = inspect.currentframe().f_lineno + 1  # type: ignore[union-attr]
@@ -209,25 +202,27 @@ def test_log_record_carries_structured_fields(
 
 
 def test_a_lone_instance_loads_as_stock_and_is_not_logged(
-    seeded: Engine, caplog: pytest.LogCaptureFixture
+    ergo_engine: Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
     """One instance is no N+1 pattern: it loads with stock's own statement,
     and nothing is reported."""
-    with Session(seeded) as session:
+    with Session(ergo_engine) as session:
         author = session.scalars(AUTHORS.where(Author.id == 1).options(nplus1loader())).one()
         caplog.set_level(logging.DEBUG, logger=LOGGER)
-        with QueryCounter(seeded) as q:
+        with QueryCounter(ergo_engine) as q:
             author.bio  # noqa: B018
     assert [r for r in caplog.records if r.name == LOGGER] == []
     assert q.count == 1
     assert " IN " not in q.statements[0]
 
 
-def test_fields_survive_a_json_formatter(seeded: Engine, caplog: pytest.LogCaptureFixture) -> None:
+def test_fields_survive_a_json_formatter(
+    ergo_engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
     """What a JSON log handler indexes: plain str/int values."""
     import json
 
-    with Session(seeded) as session:
+    with Session(ergo_engine) as session:
         books = session.scalars(BOOKS.options(nplus1loader())).all()
         caplog.set_level(logging.WARNING, logger=LOGGER)
         books[0].author  # noqa: B018

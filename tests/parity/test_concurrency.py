@@ -27,6 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, deferred, mapped_co
 import nplus1loader
 from nplus1loader import LazyLoadingAttributeError, raiseload_all
 from nplus1loader import nplus1loader as nplus1
+from tests import _oracle as oracle
 from tests._db import QueryCounter, setup_schema
 
 
@@ -102,9 +103,8 @@ def read_all(owners: list[Any]) -> Snapshot:
 def stock_snapshot(engine: Engine, thread: int) -> Snapshot:
     """What stock lazy loading reads for the thread's owners, single-threaded."""
     ids = owner_ids(thread)
-    with Session(engine) as session:
-        stmt = select(Owner).where(Owner.id.between(ids[0], ids[-1])).order_by(Owner.id)
-        return read_all(list(session.scalars(stmt)))
+    stmt = select(Owner).where(Owner.id.between(ids[0], ids[-1])).order_by(Owner.id)
+    return oracle.stock(engine, stmt, read_all).values
 
 
 def run_threads(target: Callable[[int], None]) -> None:

@@ -32,7 +32,7 @@ from tests.ergo_models import async_url
 
 pytest_plugins = ["pytester"]
 
-DOCS = Path(__file__).resolve().parent.parent / "README.md"
+DOCS = Path(__file__).resolve().parents[2] / "README.md"
 _SNIPPET = re.compile(r"<!-- snippet: (\w+) -->\n```python\n(.*?)```", re.DOTALL)
 _module_numbers = itertools.count()
 
@@ -42,6 +42,9 @@ MODULE_NAMES = {
     "blog_models": "blog_models",
     "fastapi_models": "library_models",
     "fastapi_sync": "library_app",
+    # Not asyncio.py: that would shadow the standard library's asyncio, and
+    # import_snippets() would drop the real one from sys.modules.
+    "asyncio": "asyncio_snippet",
 }
 
 AUTHORS = 7
@@ -72,6 +75,12 @@ def import_snippets(tmp_path: Path, *names: str) -> ModuleType:
     directory.mkdir()
     paths = write_snippets(directory, *names)
     for path in paths:
+        # Only an earlier test's snippet module may be dropped here, never a
+        # module of the process (a snippet file named after one shadows it).
+        earlier = getattr(sys.modules.get(path.stem), "__file__", None) or ""
+        assert path.stem not in sys.modules or "snippets_" in earlier, (
+            f"snippet file {path.name} shadows the imported module {path.stem}"
+        )
         sys.modules.pop(path.stem, None)
     sys.path.insert(0, str(directory))
     try:

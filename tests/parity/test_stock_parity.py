@@ -16,16 +16,11 @@ from typing import Any
 
 import pytest
 from sqlalchemy import (
-    Column,
     Engine,
     ForeignKey,
-    Integer,
     String,
-    Table,
-    and_,
     create_engine,
     event,
-    func,
     select,
 )
 from sqlalchemy.exc import ArgumentError, InvalidRequestError, SAWarning
@@ -35,7 +30,6 @@ from sqlalchemy.orm import (
     Mapped,
     ORMExecuteState,
     Session,
-    aliased,
     defaultload,
     defer,
     deferred,
@@ -53,6 +47,7 @@ from sqlalchemy.orm.interfaces import UserDefinedOption
 import nplus1loader
 from nplus1loader import LazyLoadingAttributeError, raiseload_all
 from nplus1loader import nplus1loader as armed
+from tests import _oracle as oracle
 from tests._db import QueryCounter, setup_schema
 
 
@@ -90,88 +85,6 @@ class Note(Base):
     text: Mapped[str] = mapped_column(String(30))
 
 
-item_keywords = Table(
-    "sp_item_keywords",
-    Base.metadata,
-    Column("item_id", ForeignKey("sp_item.id")),
-    Column("keyword_id", ForeignKey("sp_keyword.id")),
-)
-
-
-class Keyword(Base):
-    __tablename__ = "sp_keyword"
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
-    name: Mapped[str] = mapped_column(String(20))
-
-
-class Item(Base):
-    __tablename__ = "sp_item"
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
-    keywords: Mapped[list[Keyword]] = relationship(
-        secondary=item_keywords, order_by=item_keywords.c.keyword_id
-    )
-
-
-t1 = Table("sp_t1", Base.metadata, Column("id", Integer, primary_key=True, autoincrement=False))
-t2 = Table(
-    "sp_t2",
-    Base.metadata,
-    Column("id", Integer, primary_key=True, autoincrement=False),
-    Column("t1id", ForeignKey("sp_t1.id")),
-)
-t2tot3 = Table(
-    "sp_t2tot3",
-    Base.metadata,
-    Column("t2id", ForeignKey("sp_t2.id")),
-    Column("t3id", ForeignKey("sp_t3.id")),
-)
-t3 = Table(
-    "sp_t3",
-    Base.metadata,
-    Column("id", Integer, primary_key=True, autoincrement=False),
-    Column("data", String(20)),
-)
-
-
-class T3(Base):
-    __table__ = t3
-
-
-class T1(Base):
-    __table__ = t1
-    t3s = relationship(
-        T3,
-        primaryjoin=and_(t1.c.id == t2.c.t1id, t2.c.id == t2tot3.c.t2id, t3.c.id == t2tot3.c.t3id),
-        viewonly=True,
-        foreign_keys=t3.c.id,
-        remote_side=t2.c.t1id,
-    )
-
-
-class Child(Base):
-    __tablename__ = "sp_child"
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
-    parent_id: Mapped[int] = mapped_column(ForeignKey("sp_parent.id"))
-    is_open: Mapped[int] = mapped_column()
-
-
-class Parent(Base):
-    __tablename__ = "sp_parent"
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
-
-
-_open_child = aliased(Child, select(Child.__table__).where(Child.is_open == 1).subquery())
-Parent.open_children = relationship(_open_child, viewonly=True)  # type: ignore[attr-defined]
-_partition = select(
-    Child, func.row_number().over(order_by=Child.id, partition_by=Child.parent_id).label("index")
-).alias()
-_first_two = aliased(Child, _partition)
-Parent.first_two = relationship(  # type: ignore[attr-defined]
-    _first_two,
-    primaryjoin=and_(_first_two.parent_id == Parent.id, _partition.c.index < 3),
-    viewonly=True,
-)
-
 USERS = 4
 
 
@@ -185,24 +98,6 @@ def _fill(session: Session) -> None:
         session.add(Address(id=a, user_id=u, email=f"a{a}@x"))
     for n, name in ((1, "user1"), (2, "user1"), (3, "user2"), (4, "renamed")):
         session.add(Note(id=n, owner_name=name, text=f"note {n}"))
-    session.add_all([Keyword(id=1, name="k1"), Keyword(id=2, name="k2"), Item(id=1), Item(id=2)])
-    session.add_all([Parent(id=1), Parent(id=2)])
-    session.add(T3(id=1, data="t3"))
-    session.flush()
-    session.execute(
-        item_keywords.insert(),
-        [
-            {"item_id": 1, "keyword_id": 2},
-            {"item_id": 1, "keyword_id": 1},
-            {"item_id": 2, "keyword_id": 1},
-        ],
-    )
-    session.execute(t1.insert(), [{"id": 1}, {"id": 2}])
-    session.execute(t2.insert(), [{"id": 1, "t1id": 1}])
-    session.execute(t2tot3.insert(), [{"t2id": 1, "t3id": 1}])
-    session.add_all(
-        [Child(id=i, parent_id=1 + i % 2, is_open=int(i % 3 == 0)) for i in range(1, 9)]
-    )
     session.commit()
 
 
@@ -217,36 +112,21 @@ def db(engine: Engine) -> Engine:
 def _both(
     engine: Engine, entity: Any, read: Callable[[Any], Any], *options: Any
 ) -> tuple[tuple[Any, int], tuple[Any, int]]:
-    """(values, statements) of reading every instance: stock, then armed."""
-    outcomes = []
-    for extra in ((), (armed("*"),)):
-        with Session(engine) as session:
-            objs = session.scalars(
-                select(entity).options(*options, *extra).order_by(entity.id)
-            ).all()
-            with QueryCounter(engine) as q:
-                values = [read(o) for o in objs]
-            outcomes.append((values, q.count))
-    return outcomes[0], outcomes[1]
+    """(values, statements) of reading every instance: stock (the oracle),
+    then armed."""
+    stmt = select(entity).options(*options).order_by(entity.id)
+    stock = oracle.stock(engine, stmt, lambda objs: [read(o) for o in objs])
+    with Session(engine) as session:
+        objs = session.scalars(stmt.options(armed("*"))).all()
+        with QueryCounter(engine) as q:
+            values = [read(o) for o in objs]
+    return (stock.values, stock.queries), (values, q.count)
 
 
 # --------------------------------------------------------- 4: every shape
-
-
-SHAPES = [
-    pytest.param(Item, lambda o: [k.name for k in o.keywords], id="m2m-order-by-secondary"),
-    pytest.param(T1, lambda o: [t.data for t in o.t3s], id="viewonly-through-tables"),
-    pytest.param(Parent, lambda o: sorted(c.id for c in o.open_children), id="aliased-subquery"),
-    pytest.param(Parent, lambda o: sorted(c.id for c in o.first_two), id="window-function"),
-]
-
-
-@pytest.mark.parametrize(("entity", "read"), SHAPES)
-def test_every_shape_batches_to_stocks_values(db: Engine, entity: Any, read: Any) -> None:
-    (want, stock_count), (got, count) = _both(db, entity, read)
-    assert got == want
-    assert stock_count == 2
-    assert count == 1
+# The shapes of case 4 are mapping shapes: they live in the shape zoo
+# (tests/zoo_models.py), checked by test_every_shape_batches_to_stocks_values
+# in tests/batch/test_shapes_relationships.py.
 
 
 # ------------------------------------------------ 12: order, batch of one
@@ -472,13 +352,13 @@ def test_no_refresh_event_for_fully_loaded_instances(db: Engine) -> None:
         fired.append(attrs)
 
     with Session(db) as session:
-        session.scalars(select(Keyword)).all()
-        event.listen(Keyword, "refresh", on_refresh)
+        session.scalars(select(Note)).all()
+        event.listen(Note, "refresh", on_refresh)
         try:
-            session.scalars(select(Keyword)).all()
-            session.scalars(select(Keyword).options(armed("*"))).all()
+            session.scalars(select(Note)).all()
+            session.scalars(select(Note).options(armed("*"))).all()
         finally:
-            event.remove(Keyword, "refresh", on_refresh)
+            event.remove(Note, "refresh", on_refresh)
     assert fired == []
 
 

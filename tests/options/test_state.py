@@ -33,6 +33,7 @@ from nplus1loader import (
 from nplus1loader import nplus1loader as nplus1
 from nplus1loader._options import ArmOption, batch_arming_option
 from nplus1loader._session import SessionWideOption
+from tests import _oracle as oracle
 from tests._db import QueryCounter
 from tests.core_models import Article, User, ident, plain, seed
 
@@ -48,8 +49,7 @@ def articles_of(users: list[Any]) -> dict[Any, Any]:
 
 
 def stock_articles(engine: Engine) -> dict[Any, Any]:
-    with Session(engine) as session:
-        return articles_of(list(session.scalars(select(User).order_by(User.id))))
+    return oracle.stock(engine, select(User).order_by(User.id), articles_of).values
 
 
 def slot_values(option: Any) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from nplus1loader import (
     raiseload_col,
     raiseload_rel,
 )
+from tests import _oracle as oracle
 from tests._db import QueryCounter
 from tests.core_models import (
     APIS,
@@ -47,12 +48,18 @@ def without_addresses(message: str) -> str:
 
 def stock_error(engine: Engine, user_id: int, key: str, detach: Callable[[Session, Any], None]):
     """The exception stock lazy loading raises in the same situation."""
-    with Session(engine) as session:
+
+    def detached(session: Session) -> Any:
         user = session.get(User, user_id)
         detach(session, user)
+        return user
+
+    def touch(user: Any) -> BaseException:
         with pytest.raises(Exception) as info:
             getattr(user, key)
-    return info.value
+        return info.value
+
+    return oracle.stock(engine, detached, touch).values
 
 
 # ------------------------------------------------------------- detached

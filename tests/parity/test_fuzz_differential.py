@@ -86,6 +86,7 @@ from sqlalchemy.orm.state import InstanceState
 
 import nplus1loader
 from nplus1loader import LazyLoadingAttributeError
+from tests import _oracle as oracle
 from tests._db import make_engine, setup_schema
 from tests.fuzz_models import DELETE_ORDER, LANGS, NPLUS1_ZOO, ORACLE_ZOO, Zoo
 
@@ -1658,8 +1659,9 @@ THREE_AUTHORS = _graph(
 def _stock_names(engine: Engine) -> dict[int, str]:
     """The authors' names as stock SQLAlchemy reads them, in a fresh session."""
     author = NPLUS1_ZOO["Author"]
-    with Session(engine) as session:
-        return {a.id: a.name for a in session.scalars(select(author))}
+    return oracle.stock(
+        engine, select(author), lambda authors: {a.id: a.name for a in authors}
+    ).values
 
 
 def _authors(session: Session, option: Any, upto: int = 3) -> list[Any]:

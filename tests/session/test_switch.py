@@ -46,19 +46,12 @@ from tests.ergo_models import (
     async_url,
     read_bio,
     read_books,
-    seed,
     stock,
 )
 
 #: Statements the enabled session needs for each reader, after the first
 #: query: one batch per level of the object graph.
 BATCHES = {"books": 1, "bio": 1, "reviews": 2, "book_authors": 1}
-
-
-@pytest.fixture
-def seeded(engine: Engine) -> Engine:
-    seed(engine)
-    return engine
 
 
 # ------------------------------------------------------------------ targets
@@ -123,37 +116,37 @@ def run(engine: Engine, open_session: Opener, reader: str, *options: Any) -> tup
 
 @pytest.mark.parametrize("reader", list(BATCHES))
 @pytest.mark.parametrize("kind", list(SYNC_TARGETS))
-def test_enable_batches_every_query(seeded: Engine, kind: str, reader: str) -> None:
+def test_enable_batches_every_query(ergo_engine: Engine, kind: str, reader: str) -> None:
     """Each target kind arms its queries, nested levels included."""
-    expected, stock_count = stock(seeded, reader)
-    target, open_session = SYNC_TARGETS[kind](seeded)
+    expected, stock_count = stock(ergo_engine, reader)
+    target, open_session = SYNC_TARGETS[kind](ergo_engine)
     assert enable(target) is target
-    assert run(seeded, open_session, reader) == (expected, BATCHES[reader])
+    assert run(ergo_engine, open_session, reader) == (expected, BATCHES[reader])
     assert stock_count > BATCHES[reader]
 
 
 @pytest.mark.parametrize("kind", list(SYNC_TARGETS))
-def test_disable_restores_stock_loading(seeded: Engine, kind: str) -> None:
-    expected, stock_count = stock(seeded, "books")
-    target, open_session = SYNC_TARGETS[kind](seeded)
+def test_disable_restores_stock_loading(ergo_engine: Engine, kind: str) -> None:
+    expected, stock_count = stock(ergo_engine, "books")
+    target, open_session = SYNC_TARGETS[kind](ergo_engine)
     enable(target)
     disable(target)
     assert not event.contains(holder_of(target), "do_orm_execute", _on_do_orm_execute)
-    assert run(seeded, open_session, "books") == (expected, stock_count)
+    assert run(ergo_engine, open_session, "books") == (expected, stock_count)
 
 
-def test_only_the_enabled_factory_is_affected(seeded: Engine) -> None:
-    expected, stock_count = stock(seeded, "books")
-    enabled_factory = enable(sessionmaker(seeded))
-    other_factory = sessionmaker(seeded)
-    assert run(seeded, enabled_factory, "books") == (expected, 1)
-    assert run(seeded, other_factory, "books") == (expected, stock_count)
-    assert run(seeded, lambda: Session(seeded), "books") == (expected, stock_count)
+def test_only_the_enabled_factory_is_affected(ergo_engine: Engine) -> None:
+    expected, stock_count = stock(ergo_engine, "books")
+    enabled_factory = enable(sessionmaker(ergo_engine))
+    other_factory = sessionmaker(ergo_engine)
+    assert run(ergo_engine, enabled_factory, "books") == (expected, 1)
+    assert run(ergo_engine, other_factory, "books") == (expected, stock_count)
+    assert run(ergo_engine, lambda: Session(ergo_engine), "books") == (expected, stock_count)
 
 
-def test_enabling_again_changes_the_mode_without_a_second_listener(seeded: Engine) -> None:
-    expected, _ = stock(seeded, "books")
-    factory = enable(enable(sessionmaker(seeded)), mode="raise")
+def test_enabling_again_changes_the_mode_without_a_second_listener(ergo_engine: Engine) -> None:
+    expected, _ = stock(ergo_engine, "books")
+    factory = enable(enable(sessionmaker(ergo_engine)), mode="raise")
     with factory() as session:
         authors = session.scalars(AUTHORS).all()
         with pytest.raises(
@@ -163,7 +156,7 @@ def test_enabling_again_changes_the_mode_without_a_second_listener(seeded: Engin
     enable(factory)
     with factory() as session:
         authors = session.scalars(AUTHORS).all()
-        with QueryCounter(seeded) as q:
+        with QueryCounter(ergo_engine) as q:
             assert read_books(authors) == expected
         assert q.count == 1
         assert stats(session).batches == 1
@@ -171,36 +164,36 @@ def test_enabling_again_changes_the_mode_without_a_second_listener(seeded: Engin
     assert not event.contains(factory.class_, "do_orm_execute", _on_do_orm_execute)
 
 
-def test_disabling_one_session_of_an_enabled_factory(seeded: Engine) -> None:
-    expected, stock_count = stock(seeded, "books")
-    factory = enable(sessionmaker(seeded))
+def test_disabling_one_session_of_an_enabled_factory(ergo_engine: Engine) -> None:
+    expected, stock_count = stock(ergo_engine, "books")
+    factory = enable(sessionmaker(ergo_engine))
     opted_out = factory()
     disable(opted_out)
-    assert run(seeded, lambda: opted_out, "books") == (expected, stock_count)
-    assert run(seeded, factory, "books") == (expected, 1)
+    assert run(ergo_engine, lambda: opted_out, "books") == (expected, stock_count)
+    assert run(ergo_engine, factory, "books") == (expected, 1)
     enable(opted_out)
-    assert run(seeded, lambda: opted_out, "books") == (expected, 1)
+    assert run(ergo_engine, lambda: opted_out, "books") == (expected, 1)
 
 
-def test_disabling_a_subclass_of_an_enabled_class(seeded: Engine) -> None:
-    expected, stock_count = stock(seeded, "books")
+def test_disabling_a_subclass_of_an_enabled_class(ergo_engine: Engine) -> None:
+    expected, stock_count = stock(ergo_engine, "books")
     base = enable(type("ErgoBase", (Session,), {}))
     child = type("ErgoChild", (base,), {})
     grandchild = type("ErgoGrandchild", (child,), {})
     disable(child)
-    assert run(seeded, lambda: base(seeded), "books") == (expected, 1)
-    assert run(seeded, lambda: child(seeded), "books") == (expected, stock_count)
-    assert run(seeded, lambda: grandchild(seeded), "books") == (expected, stock_count)
+    assert run(ergo_engine, lambda: base(ergo_engine), "books") == (expected, 1)
+    assert run(ergo_engine, lambda: child(ergo_engine), "books") == (expected, stock_count)
+    assert run(ergo_engine, lambda: grandchild(ergo_engine), "books") == (expected, stock_count)
     enable(grandchild, mode="raise")
-    with grandchild(seeded) as session:
+    with grandchild(ergo_engine) as session:
         authors = session.scalars(AUTHORS).all()
         with pytest.raises(LazyLoadingAttributeError):
             read_books(authors)
 
 
-def test_a_session_and_its_factory_both_enabled_add_one_option(seeded: Engine) -> None:
+def test_a_session_and_its_factory_both_enabled_add_one_option(ergo_engine: Engine) -> None:
     """The most specific setting wins, and the statement is armed once."""
-    factory = enable(sessionmaker(seeded))
+    factory = enable(sessionmaker(ergo_engine))
     statements: list[Any] = []
 
     @event.listens_for(factory.class_, "do_orm_execute")
@@ -217,22 +210,22 @@ def test_a_session_and_its_factory_both_enabled_add_one_option(seeded: Engine) -
     assert [o.mode for o in added] == ["raise"]
 
 
-def test_session_get_and_legacy_query_are_armed(seeded: Engine) -> None:
-    expected, _ = stock(seeded, "books")
-    with enable(Session(seeded)) as session:
+def test_session_get_and_legacy_query_are_armed(ergo_engine: Engine) -> None:
+    expected, _ = stock(ergo_engine, "books")
+    with enable(Session(ergo_engine)) as session:
         first, second = session.get(Author, 1), session.get(Author, 2)
         legacy = session.query(Author).filter(Author.id > 2).order_by(Author.id).all()
-        with QueryCounter(seeded) as q:
+        with QueryCounter(ergo_engine) as q:
             values = read_books([first, second, *legacy])
         assert (values, q.count) == (expected, 1)
 
 
-def test_instances_loaded_before_enable_are_not_armed(seeded: Engine) -> None:
-    expected, stock_count = stock(seeded, "books")
-    with Session(seeded) as session:
+def test_instances_loaded_before_enable_are_not_armed(ergo_engine: Engine) -> None:
+    expected, stock_count = stock(ergo_engine, "books")
+    with Session(ergo_engine) as session:
         authors = session.scalars(AUTHORS).all()
         enable(session)
-        with QueryCounter(seeded) as q:
+        with QueryCounter(ergo_engine) as q:
             assert read_books(authors) == expected
         assert q.count == stock_count
 
@@ -262,15 +255,15 @@ def test_instances_loaded_before_enable_are_not_armed(seeded: Engine) -> None:
     ],
 )
 def test_options_written_in_the_query_win(
-    seeded: Engine, options: tuple[Any, ...], reader: str, outcome: Any
+    ergo_engine: Engine, options: tuple[Any, ...], reader: str, outcome: Any
 ) -> None:
-    factory = enable(sessionmaker(seeded))
+    factory = enable(sessionmaker(ergo_engine))
     if reader == "name":
-        with Session(seeded) as session:
+        with Session(ergo_engine) as session:
             expected = [a.name for a in session.scalars(AUTHORS)]
         read: Callable[[Any], Any] = lambda authors: [a.name for a in authors]  # noqa: E731
     else:
-        expected, _ = stock(seeded, reader)
+        expected, _ = stock(ergo_engine, reader)
         read = READERS[reader][1]
     with factory() as session:
         authors = session.scalars(AUTHORS.options(*options)).unique().all()
@@ -282,15 +275,15 @@ def test_options_written_in_the_query_win(
                 read(authors)
             assert not isinstance(info.value, LazyLoadingAttributeError)
         else:
-            with QueryCounter(seeded) as q:
+            with QueryCounter(ergo_engine) as q:
                 assert read(authors) == expected
             assert q.count == outcome
 
 
-def test_a_written_load_option_wins_over_a_raising_session(seeded: Engine) -> None:
-    expected, _ = stock(seeded, "books")
-    factory = enable(sessionmaker(seeded), mode="raise")
-    assert run(seeded, factory, "books", nplus1loader.nplus1loader("*")) == (expected, 1)
+def test_a_written_load_option_wins_over_a_raising_session(ergo_engine: Engine) -> None:
+    expected, _ = stock(ergo_engine, "books")
+    factory = enable(sessionmaker(ergo_engine), mode="raise")
+    assert run(ergo_engine, factory, "books", nplus1loader.nplus1loader("*")) == (expected, 1)
     with factory() as session:
         authors = session.scalars(AUTHORS.options(nplus1loader.nplus1loader("books"))).all()
         with pytest.raises(LazyLoadingAttributeError, match=r"^Author\.bio: N\+1 pattern: "):
@@ -300,39 +293,39 @@ def test_a_written_load_option_wins_over_a_raising_session(seeded: Engine) -> No
 # ------------------------------------------------------------ disabled()
 
 
-def test_disabled_block(seeded: Engine) -> None:
-    expected, stock_count = stock(seeded, "books")
-    factory = enable(sessionmaker(seeded))
+def test_disabled_block(ergo_engine: Engine) -> None:
+    expected, stock_count = stock(ergo_engine, "books")
+    factory = enable(sessionmaker(ergo_engine))
     with disabled():
-        assert run(seeded, factory, "books") == (expected, stock_count)
+        assert run(ergo_engine, factory, "books") == (expected, stock_count)
         with disabled():
-            assert run(seeded, factory, "books") == (expected, stock_count)
-        assert run(seeded, factory, "books") == (expected, stock_count)
-    assert run(seeded, factory, "books") == (expected, 1)
+            assert run(ergo_engine, factory, "books") == (expected, stock_count)
+        assert run(ergo_engine, factory, "books") == (expected, stock_count)
+    assert run(ergo_engine, factory, "books") == (expected, 1)
 
 
-def test_disabled_block_is_restored_after_an_exception(seeded: Engine) -> None:
-    expected, _ = stock(seeded, "books")
-    factory = enable(sessionmaker(seeded))
+def test_disabled_block_is_restored_after_an_exception(ergo_engine: Engine) -> None:
+    expected, _ = stock(ergo_engine, "books")
+    factory = enable(sessionmaker(ergo_engine))
     with pytest.raises(RuntimeError), disabled():
         raise RuntimeError
-    assert run(seeded, factory, "books") == (expected, 1)
+    assert run(ergo_engine, factory, "books") == (expected, 1)
 
 
-def test_instances_armed_before_the_block_stay_armed(seeded: Engine) -> None:
-    expected, _ = stock(seeded, "books")
-    with enable(Session(seeded)) as session:
+def test_instances_armed_before_the_block_stay_armed(ergo_engine: Engine) -> None:
+    expected, _ = stock(ergo_engine, "books")
+    with enable(Session(ergo_engine)) as session:
         authors = session.scalars(AUTHORS).all()
-        with disabled(), QueryCounter(seeded) as q:
+        with disabled(), QueryCounter(ergo_engine) as q:
             assert read_books(authors) == expected
         assert q.count == 1
 
 
-def test_written_options_work_inside_the_block(seeded: Engine) -> None:
-    expected, _ = stock(seeded, "books")
-    factory = enable(sessionmaker(seeded))
+def test_written_options_work_inside_the_block(ergo_engine: Engine) -> None:
+    expected, _ = stock(ergo_engine, "books")
+    factory = enable(sessionmaker(ergo_engine))
     with disabled():
-        assert run(seeded, factory, "books", nplus1loader.nplus1loader("*")) == (expected, 1)
+        assert run(ergo_engine, factory, "books", nplus1loader.nplus1loader("*")) == (expected, 1)
 
 
 # ---------------------------------------------------------- bad targets
@@ -351,9 +344,9 @@ def test_enable_rejects_what_it_cannot_switch(target: Any) -> None:
         enable(target)
 
 
-def test_enable_rejects_an_unknown_mode(seeded: Engine) -> None:
+def test_enable_rejects_an_unknown_mode(ergo_engine: Engine) -> None:
     with pytest.raises(ArgumentError, match="mode must be one of load, warn, raise"):
-        enable(sessionmaker(seeded), mode="batch")
+        enable(sessionmaker(ergo_engine), mode="batch")
 
 
 # ---------------------------------------------------------------- asyncio
@@ -402,9 +395,9 @@ ASYNC_TARGETS = {
 
 @pytest.mark.parametrize("reader", list(BATCHES))
 @pytest.mark.parametrize("kind", list(ASYNC_TARGETS))
-def test_enable_async_targets(seeded: Engine, db_name: str, kind: str, reader: str) -> None:
-    expected, stock_count = stock(seeded, reader)
-    url = async_url(db_name, seeded)
+def test_enable_async_targets(ergo_engine: Engine, db_name: str, kind: str, reader: str) -> None:
+    expected, stock_count = stock(ergo_engine, reader)
+    url = async_url(db_name, ergo_engine)
     query, read = READERS[reader]
 
     async def main() -> tuple[Any, int, Any, int]:
@@ -427,11 +420,13 @@ def test_enable_async_targets(seeded: Engine, db_name: str, kind: str, reader: s
     assert asyncio.run(main()) == (expected, BATCHES[reader], expected, stock_count)
 
 
-def test_enabling_an_async_sessionmaker_enables_nothing_else(seeded: Engine, db_name: str) -> None:
+def test_enabling_an_async_sessionmaker_enables_nothing_else(
+    ergo_engine: Engine, db_name: str
+) -> None:
     """An async_sessionmaker shares ``Session`` as its sync class; enable()
     gives it one of its own instead of switching every Session."""
-    expected, stock_count = stock(seeded, "books")
-    url = async_url(db_name, seeded)
+    expected, stock_count = stock(ergo_engine, "books")
+    url = async_url(db_name, ergo_engine)
 
     async def main() -> list[tuple[Any, int]]:
         async_engine = create_async_engine(url)
@@ -449,7 +444,7 @@ def test_enabling_an_async_sessionmaker_enables_nothing_else(seeded: Engine, db_
             await async_engine.dispose()
 
     assert asyncio.run(main()) == [(expected, 1), (expected, stock_count)]
-    assert run(seeded, lambda: Session(seeded), "books") == (expected, stock_count)
+    assert run(ergo_engine, lambda: Session(ergo_engine), "books") == (expected, stock_count)
 
 
 # ------------------------------------------------- threads and tasks
@@ -458,17 +453,19 @@ WORKERS = 8
 
 
 @pytest.fixture
-def per_thread_counts(seeded: Engine) -> Iterator[QueryCounter]:
-    """The statements of ``seeded``, attributed to the thread that sent them."""
-    with QueryCounter(seeded) as counter:
+def per_thread_counts(ergo_engine: Engine) -> Iterator[QueryCounter]:
+    """The statements of ``ergo_engine``, attributed to the thread that sent them."""
+    with QueryCounter(ergo_engine) as counter:
         yield counter
 
 
-def test_threads_keep_their_own_switch(seeded: Engine, per_thread_counts: QueryCounter) -> None:
+def test_threads_keep_their_own_switch(
+    ergo_engine: Engine, per_thread_counts: QueryCounter
+) -> None:
     """Half the threads run inside disabled() while the others query and
     touch at the same moments: each sees only its own setting."""
-    expected, stock_count = stock(seeded, "books")
-    factory = enable(sessionmaker(seeded))
+    expected, stock_count = stock(ergo_engine, "books")
+    factory = enable(sessionmaker(ergo_engine))
     barrier = threading.Barrier(WORKERS, timeout=60)
 
     def work(index: int) -> tuple[Any, int, int]:
@@ -492,12 +489,12 @@ def test_threads_keep_their_own_switch(seeded: Engine, per_thread_counts: QueryC
 _task_label: ContextVar[int] = ContextVar("ergo_task_label", default=-1)
 
 
-def test_asyncio_tasks_keep_their_own_switch(seeded: Engine, db_name: str) -> None:
+def test_asyncio_tasks_keep_their_own_switch(ergo_engine: Engine, db_name: str) -> None:
     """Concurrent tasks, half inside disabled(); statements are attributed to
     tasks through a context variable, which also proves SQLAlchemy's greenlet
     runs the batch in the task's context."""
-    expected, stock_count = stock(seeded, "books")
-    url = async_url(db_name, seeded)
+    expected, stock_count = stock(ergo_engine, "books")
+    url = async_url(db_name, ergo_engine)
 
     async def main() -> list[tuple[Any, int, int]]:
         async_engine = create_async_engine(url, pool_size=WORKERS)
@@ -535,12 +532,12 @@ def test_asyncio_tasks_keep_their_own_switch(seeded: Engine, db_name: str) -> No
     ]
 
 
-def test_the_switch_never_touches_a_plain_select(seeded: Engine) -> None:
+def test_the_switch_never_touches_a_plain_select(ergo_engine: Engine) -> None:
     """Column and Core SELECTs through an enabled session run unchanged."""
-    with enable(Session(seeded)) as session, QueryCounter(seeded) as q:
+    with enable(Session(ergo_engine)) as session, QueryCounter(ergo_engine) as q:
         names = session.scalars(select(Author.name).order_by(Author.id)).all()
         rows = session.execute(select(Author.__table__.c.id).order_by(Author.id)).all()
-    with Session(seeded) as session:
+    with Session(ergo_engine) as session:
         assert names == session.scalars(select(Author.name).order_by(Author.id)).all()
         assert [r.id for r in rows] == session.scalars(select(Author.id).order_by(Author.id)).all()
     assert q.count == 2

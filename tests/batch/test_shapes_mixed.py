@@ -10,6 +10,7 @@ from sqlalchemy import Engine, inspect, select
 from sqlalchemy.orm import undefer
 
 from nplus1loader import nplus1loader
+from tests import _oracle as oracle
 from tests._db import QueryCounter
 from tests._shapes import CHUNK, chunks, identity, snapshot, zoo_sessions
 from tests.zoo_models import ZooArticle, ZooAuthor, ZooBook
@@ -22,10 +23,11 @@ COLUMNS = ("title", "body", "views", "likes", "shares")
 
 
 def _stock_articles(engine: Engine) -> dict:
-    with zoo_sessions(engine)() as session:
-        return {
-            identity(a): {c: getattr(a, c) for c in COLUMNS} for a in session.scalars(ARTICLES)
-        }
+    return oracle.stock(
+        zoo_sessions(engine),
+        ARTICLES,
+        lambda articles: {identity(a): {c: getattr(a, c) for c in COLUMNS} for a in articles},
+    ).values
 
 
 def test_mixed_column_states(engine: Engine) -> None:

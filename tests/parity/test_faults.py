@@ -40,6 +40,7 @@ from sqlalchemy.orm import (
 )
 
 from nplus1loader import nplus1loader
+from tests import _oracle as oracle
 from tests._db import QueryCounter, setup_schema
 
 
@@ -163,11 +164,12 @@ SCENARIOS = {
 
 def stock_values(factory: sessionmaker[Session], scenario: Scenario) -> dict[Any, Any]:
     """What stock lazy loading reads for every instance, in a fresh session."""
-    with factory() as session:
-        loader = {_authors: select(Author), _authors_after_commit: select(Author)}.get(
-            scenario.load, select(Post)
-        )
-        return {obj.id: scenario.read(obj) for obj in session.scalars(loader)}
+    loader = {_authors: select(Author), _authors_after_commit: select(Author)}.get(
+        scenario.load, select(Post)
+    )
+    return oracle.stock(
+        factory, loader, lambda objs: {obj.id: scenario.read(obj) for obj in objs}
+    ).values
 
 
 def batches(instances: int) -> int:

@@ -24,6 +24,7 @@ from sqlalchemy.orm import (
 from sqlalchemy.orm.exc import ObjectDeletedError, StaleDataError
 
 from nplus1loader import LazyLoadingAttributeError, nplus1loader, raiseload_all
+from tests import _oracle as oracle
 from tests._db import QueryCounter, setup_schema
 
 
@@ -95,11 +96,13 @@ def factory(engine: Engine) -> Iterator[sessionmaker[Session]]:
 
 def stock_rows(factory: sessionmaker[Session]) -> dict[int, tuple[str, str, str, list[str]]]:
     """What plain SQLAlchemy lazy loading returns, in a fresh session."""
-    with factory() as session:
-        return {
-            u.id: (u.name, u.email, u.bio, [a.title for a in u.articles])
-            for u in session.scalars(select(User).order_by(User.id))
-        }
+    return oracle.stock(
+        factory,
+        select(User).order_by(User.id),
+        lambda users: {
+            u.id: (u.name, u.email, u.bio, [a.title for a in u.articles]) for u in users
+        },
+    ).values
 
 
 def load_users(session: Session, *options: object) -> list[User]:

@@ -11,6 +11,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import defer, load_only, undefer_group, with_expression
 
 from nplus1loader import nplus1loader, nplus1loader_cols
+from tests import _oracle as oracle
 from tests._db import QueryCounter
 from tests._shapes import CHUNK, check_shape, chunks, identity, zoo_sessions
 from tests.zoo_models import ZooArticle
@@ -65,11 +66,13 @@ def test_deferred_group_loads_whole_group_for_all_peers(
         with QueryCounter(engine) as q:
             got = {identity(a): tuple(getattr(a, c) for c in GROUP) for a in articles}
         q.assert_count(0)
-    with zoo_sessions(engine)() as session:
-        articles = session.scalars(stmt).all()
-        with QueryCounter(engine) as q:
-            expected = {identity(a): tuple(getattr(a, c) for c in GROUP) for a in articles}
-        q.assert_count(len(articles))  # stock: the group, one instance at a time
+    stock = oracle.stock(
+        zoo_sessions(engine),
+        stmt,
+        lambda articles: {identity(a): tuple(getattr(a, c) for c in GROUP) for a in articles},
+    )
+    expected = stock.values
+    assert stock.queries == len(expected)  # stock: the group, one instance at a time
     assert got == expected
     assert len(set(got.values())) > 1
 

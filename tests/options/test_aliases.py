@@ -35,6 +35,7 @@ from nplus1loader import (
     raiseload_col,
     raiseload_rel,
 )
+from tests import _oracle as oracle
 from tests._db import QueryCounter
 from tests.core_models import User, ident, plain, seed
 
@@ -146,8 +147,11 @@ def counting_cache(engine: Engine) -> tuple[Engine, dict[Any, Any]]:
 
 
 def stock_values(engine: Engine, touch: Callable[[Any], Any]) -> dict[Any, Any]:
-    with Session(engine) as session:
-        return {ident(u): plain(touch(u)) for u in session.scalars(select(User).order_by(User.id))}
+    return oracle.stock(
+        engine,
+        select(User).order_by(User.id),
+        lambda users: {ident(u): plain(touch(u)) for u in users},
+    ).values
 
 
 @pytest.mark.parametrize("named", [False, True], ids=["anonymous", "named x and y"])

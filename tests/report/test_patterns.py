@@ -50,7 +50,7 @@ from nplus1loader import (
 )
 from nplus1loader import nplus1loader as nplus1
 from tests._db import QueryCounter, setup_schema
-from tests.ergo_models import AUTHORS, Author, Book, seed, stock
+from tests.ergo_models import AUTHORS, Author, Book, stock
 from tests.ergo_models import async_url as ergo_async_url
 
 ENV = "NPLUS1LOADER_MODE"
@@ -76,12 +76,13 @@ def site(tag: str, function: str) -> str:
 
 
 @pytest.fixture
-def seeded(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
-    seed(engine)
+def ergo_engine(ergo_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
+    """The shared ``ergo_engine`` with no mode forced from outside: the suite
+    itself may run under --nplus1-mode or NPLUS1LOADER_MODE."""
     monkeypatch.delenv(ENV, raising=False)
     previous = _modes.set_forced_mode(None)
     previous_test = _modes.set_test_mode(None)
-    yield engine
+    yield ergo_engine
     _modes.set_forced_mode(previous)
     _modes.set_test_mode(previous_test)
     configure(threshold=2, skip_packages=())
@@ -90,12 +91,12 @@ def seeded(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
 # ------------------------------------------------------------ raise mode
 
 
-def test_raise_names_query_touch_and_fix(seeded: Engine) -> None:
+def test_raise_names_query_touch_and_fix(ergo_engine: Engine) -> None:
     """A loop over the query's instances raises at the first touch, before
     any SQL, with the full diagnosis."""
-    with Session(seeded) as session:
+    with Session(ergo_engine) as session:
         authors = session.scalars(AUTHORS.options(nplus1(mode="raise"))).all()  # q-rel
-        with QueryCounter(seeded) as q, pytest.raises(LazyLoadingAttributeError) as info:
+        with QueryCounter(ergo_engine) as q, pytest.raises(LazyLoadingAttributeError) as info:
             for author in authors:
                 author.books  # t-rel  # noqa: B018
     fn = "test_raise_names_query_touch_and_fix"
@@ -113,8 +114,8 @@ def test_raise_names_query_touch_and_fix(seeded: Engine) -> None:
     )
 
 
-def test_raise_for_a_column_names_undefer(seeded: Engine) -> None:
-    with Session(seeded) as session:
+def test_raise_for_a_column_names_undefer(ergo_engine: Engine) -> None:
+    with Session(ergo_engine) as session:
         authors = session.scalars(AUTHORS.options(nplus1loader_cols("bio", mode="raise"))).all()
         with pytest.raises(LazyLoadingAttributeError) as info:
             authors[2].bio  # noqa: B018
@@ -123,9 +124,9 @@ def test_raise_for_a_column_names_undefer(seeded: Engine) -> None:
     assert message.endswith(". Load it in that query: undefer(Author.bio)")
 
 
-def test_raise_for_a_nested_touch_spells_the_path_from_the_root(seeded: Engine) -> None:
+def test_raise_for_a_nested_touch_spells_the_path_from_the_root(ergo_engine: Engine) -> None:
     query = AUTHORS.options(selectinload(Author.books).nplus1loader("*", mode="raise"))
-    with Session(seeded) as session:
+    with Session(ergo_engine) as session:
         authors = session.scalars(query).all()  # q-nested
         books = [book for author in authors for book in author.books]
         with pytest.raises(LazyLoadingAttributeError) as info:
@@ -139,15 +140,15 @@ def test_raise_for_a_nested_touch_spells_the_path_from_the_root(seeded: Engine) 
     )
 
 
-def test_one_instance_loads_as_stock_in_raise_mode(seeded: Engine) -> None:
+def test_one_instance_loads_as_stock_in_raise_mode(ergo_engine: Engine) -> None:
     """One instance is no N+1 pattern: it loads with stock's statements
     (same SQL, same count), without an error or a warning."""
     one = select(Author).where(Author.id == 4)
 
     def touch(*options: Any) -> tuple[list[str], list[str], list[Any]]:
-        with Session(seeded) as session:
+        with Session(ergo_engine) as session:
             author = session.scalars(one.options(*options)).one()
-            with QueryCounter(seeded) as q, warnings.catch_warnings(record=True) as caught:
+            with QueryCounter(ergo_engine) as q, warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 titles = [book.title for book in author.books]
             assert stats(session) == nplus1loader.Stats()
@@ -159,19 +160,19 @@ def test_one_instance_loads_as_stock_in_raise_mode(seeded: Engine) -> None:
         assert touch(nplus1(mode=mode)) == (stock_titles, stock_statements, [])
 
 
-def test_one_instance_of_enable_raise_loads_as_stock(seeded: Engine) -> None:
+def test_one_instance_of_enable_raise_loads_as_stock(ergo_engine: Engine) -> None:
     """The issue's case: ``session.get(...)`` then a relationship."""
-    with enable(Session(seeded), mode="raise") as session:
+    with enable(Session(ergo_engine), mode="raise") as session:
         session.scalars(select(Author).where(Author.id == 1)).one()
         author = session.get(Author, 1)
         assert author is not None
-        with QueryCounter(seeded) as q:
+        with QueryCounter(ergo_engine) as q:
             assert [b.title for b in author.books] == ["book 1.0"]
         assert q.count == 1
 
 
-def test_strict_options_raise_for_one_instance(seeded: Engine) -> None:
-    with Session(seeded) as session:
+def test_strict_options_raise_for_one_instance(ergo_engine: Engine) -> None:
+    with Session(ergo_engine) as session:
         author = session.scalars(
             select(Author).where(Author.id == 1).options(raiseload_all("*"))
         ).one()
@@ -184,39 +185,39 @@ def test_strict_options_raise_for_one_instance(seeded: Engine) -> None:
     )
 
 
-def test_threshold_is_a_setting(seeded: Engine) -> None:
+def test_threshold_is_a_setting(ergo_engine: Engine) -> None:
     """Below the threshold raise mode batches, as load mode does."""
-    expected, _ = stock(seeded, "books")
+    expected, _ = stock(ergo_engine, "books")
     configure(threshold=7)
     for mode in ("raise", "warn"):
-        with Session(seeded) as session:
+        with Session(ergo_engine) as session:
             authors = session.scalars(AUTHORS.options(nplus1(mode=mode))).all()
-            with QueryCounter(seeded) as q, warnings.catch_warnings(record=True) as caught:
+            with QueryCounter(ergo_engine) as q, warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 assert [[b.title for b in a.books] for a in authors] == expected
             assert (q.count, caught) == (1, [])
     configure(threshold=6)
-    with Session(seeded) as session:
+    with Session(ergo_engine) as session:
         authors = session.scalars(AUTHORS.options(nplus1(mode="raise"))).all()
         with pytest.raises(LazyLoadingAttributeError, match="touched on 1 of 6 Author"):
             authors[0].books  # noqa: B018
 
 
-def test_threshold_one_reports_every_lazy_load(seeded: Engine) -> None:
+def test_threshold_one_reports_every_lazy_load(ergo_engine: Engine) -> None:
     """``threshold=1`` makes a lone instance a pattern too: warn mode warns
     after stock's load, raise mode raises."""
     configure(threshold=1)
     one = select(Author).where(Author.id == 1)
-    with Session(seeded) as session:
+    with Session(ergo_engine) as session:
         author = session.scalars(one.options(nplus1(mode="warn"))).one()
-        with QueryCounter(seeded) as q, warnings.catch_warnings(record=True) as caught:
+        with QueryCounter(ergo_engine) as q, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             assert [b.title for b in author.books] == ["book 1.0"]
         assert q.count == 1
         assert [str(w.message).split(":")[:2] for w in caught] == [
             ["Author.books", " N+1 pattern"]
         ]
-    with Session(seeded) as session:
+    with Session(ergo_engine) as session:
         author = session.scalars(one.options(nplus1(mode="raise"))).one()
         with pytest.raises(LazyLoadingAttributeError, match="touched on 1 of 1 Author"):
             author.books  # noqa: B018
@@ -230,11 +231,11 @@ def test_threshold_must_be_a_positive_integer(value: Any) -> None:
     assert _report.threshold() == 2
 
 
-def test_expired_attributes_say_so(seeded: Engine) -> None:
-    with Session(seeded) as session:
+def test_expired_attributes_say_so(ergo_engine: Engine) -> None:
+    with Session(ergo_engine) as session:
         authors = session.scalars(AUTHORS.options(nplus1(mode="raise"))).all()  # q-expired
         session.commit()
-        with QueryCounter(seeded) as q, pytest.raises(LazyLoadingAttributeError) as info:
+        with QueryCounter(ergo_engine) as q, pytest.raises(LazyLoadingAttributeError) as info:
             authors[1].name  # t-expired  # noqa: B018
     fn = "test_expired_attributes_say_so"
     assert str(info.value) == (
@@ -247,13 +248,13 @@ def test_expired_attributes_say_so(seeded: Engine) -> None:
     assert q.count == 0
 
 
-def test_expired_single_instance_refreshes_as_stock(seeded: Engine) -> None:
-    with Session(seeded) as session:
+def test_expired_single_instance_refreshes_as_stock(ergo_engine: Engine) -> None:
+    with Session(ergo_engine) as session:
         author = session.scalars(
             select(Author).where(Author.id == 2).options(nplus1(mode="raise"))
         ).one()
         session.commit()
-        with QueryCounter(seeded) as q:
+        with QueryCounter(ergo_engine) as q:
             assert author.name == "author 2"
         assert q.count == 1
 
@@ -262,9 +263,9 @@ def test_expired_single_instance_refreshes_as_stock(seeded: Engine) -> None:
 
 
 def test_warning_and_log_record_carry_the_same_fields(
-    seeded: Engine, caplog: pytest.LogCaptureFixture
+    ergo_engine: Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with Session(seeded) as session:
+    with Session(ergo_engine) as session:
         authors = session.scalars(AUTHORS.options(nplus1(mode="warn"))).all()  # q-warn
         with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
             warnings.simplefilter("always")
@@ -299,10 +300,10 @@ def test_warning_and_log_record_carry_the_same_fields(
     }
 
 
-def test_nested_batch_reports_the_root_query(seeded: Engine) -> None:
+def test_nested_batch_reports_the_root_query(ergo_engine: Engine) -> None:
     """Books a batch brought in were loaded for the root query: a touch on
     them names that query and the path from its root entity."""
-    with enable(Session(seeded), mode="warn") as session:
+    with enable(Session(ergo_engine), mode="warn") as session:
         authors = session.scalars(AUTHORS).all()  # q-root
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -318,9 +319,9 @@ def test_nested_batch_reports_the_root_query(seeded: Engine) -> None:
     assert len(messages) == 2
 
 
-def test_load_mode_records_no_query_site(seeded: Engine) -> None:
+def test_load_mode_records_no_query_site(ergo_engine: Engine) -> None:
     """Load mode with no test run collecting pays nothing for query sites."""
-    with Session(seeded) as session:
+    with Session(ergo_engine) as session:
         authors = session.scalars(AUTHORS.options(nplus1())).all()
         profile = nplus1loader._arming.profile_of(authors[0]._sa_instance_state)  # type: ignore[attr-defined]
         assert profile is not None and profile.query_site is None
@@ -366,20 +367,20 @@ def dump(authors):
 '''
 
 
-def test_skip_packages_reports_the_caller_of_a_serialiser(seeded: Engine) -> None:
+def test_skip_packages_reports_the_caller_of_a_serialiser(ergo_engine: Engine) -> None:
     module = types.ModuleType("fake_serialiser")
     exec(compile(_SERIALISER, "/virtual/fake_serialiser.py", "exec"), module.__dict__)
     sys.modules["fake_serialiser"] = module
     try:
         configure(skip_packages=["fake_serialiser"])
-        with Session(seeded) as session:
+        with Session(ergo_engine) as session:
             authors = session.scalars(AUTHORS.options(nplus1(mode="raise"))).all()
             with pytest.raises(LazyLoadingAttributeError) as info:
                 module.dump(authors)  # t-serialiser
         fn = "test_skip_packages_reports_the_caller_of_a_serialiser"
         assert f"; touched at {site('t-serialiser', fn)}. " in str(info.value)
         configure(skip_packages=())
-        with Session(seeded) as session:
+        with Session(ergo_engine) as session:
             authors = session.scalars(AUTHORS.options(nplus1(mode="raise"))).all()
             with pytest.raises(LazyLoadingAttributeError) as info:
                 module.dump(authors)
@@ -388,7 +389,7 @@ def test_skip_packages_reports_the_caller_of_a_serialiser(seeded: Engine) -> Non
         del sys.modules["fake_serialiser"]
 
 
-def test_skip_packages_pydantic_serialiser(seeded: Engine) -> None:
+def test_skip_packages_pydantic_serialiser(ergo_engine: Engine) -> None:
     """A pydantic model validated from ORM objects touches the relationship
     inside ``pydantic.main``; skipping pydantic reports the user's call."""
     pydantic = pytest.importorskip("pydantic")  # installed with fastapi, a test extra
@@ -404,7 +405,7 @@ def test_skip_packages_pydantic_serialiser(seeded: Engine) -> None:
 
     def touch_site() -> str:
         # Warn mode: pydantic would wrap an error in its ValidationError.
-        with Session(seeded) as session:
+        with Session(ergo_engine) as session:
             authors = session.scalars(AUTHORS.options(nplus1(mode="warn"))).all()
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -463,11 +464,11 @@ def test_batch_started_by_a_commit_names_the_commit_line(
 
 
 def test_async_call_sites(
-    seeded: Engine, db_name: str, caplog: pytest.LogCaptureFixture
+    ergo_engine: Engine, db_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Under ``AsyncSession`` (aiosqlite, asyncpg, aiomysql) the query site
     and the touch site are the awaiting coroutine's lines."""
-    url = ergo_async_url(db_name, seeded)
+    url = ergo_async_url(db_name, ergo_engine)
 
     async def main() -> list[str]:
         async_engine = create_async_engine(url)
@@ -542,10 +543,10 @@ def test_enable_fails_fast_on_a_bad_environment_variable(
 
 
 def test_first_query_fails_on_a_bad_environment_variable(
-    seeded: Engine, monkeypatch: pytest.MonkeyPatch
+    ergo_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(ENV, "batch")
-    with Session(seeded) as session, pytest.raises(ArgumentError) as info:
+    with Session(ergo_engine) as session, pytest.raises(ArgumentError) as info:
         session.scalars(AUTHORS.options(nplus1())).all()
     assert str(info.value) == (
         f"environment variable {ENV}: mode must be one of load, warn, raise, got 'batch'"
@@ -561,8 +562,8 @@ def test_stats_says_what_it_accepts(engine: Engine) -> None:
     )
 
 
-def test_default_columns_says_what_it_accepts(seeded: Engine) -> None:
-    with Session(seeded) as session:
+def test_default_columns_says_what_it_accepts(ergo_engine: Engine) -> None:
+    with Session(ergo_engine) as session:
         author = session.get(Author, 1)
         with pytest.raises(ArgumentError) as info:
             default_columns(author)

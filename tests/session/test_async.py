@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncAttrs, AsyncEngine, AsyncSession, create
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from nplus1loader import LazyLoadingAttributeError, nplus1loader, raiseload_all
+from tests import _oracle as oracle
 from tests._db import QueryCounter, describe_error, report_unreachable, setup_schema
 
 T = TypeVar("T")
@@ -177,17 +178,23 @@ def read(users: list[AsyncUser], attr: str) -> list[Any]:
 async def stock(
     async_engine: AsyncEngine, attr: str, expire: bool = False
 ) -> tuple[list[Any], int]:
-    """The oracle: ``attr`` of every user as stock lazy loading returns it in
-    a fresh session (after a commit if ``expire``), and how many statements
-    that took."""
-    async with AsyncSession(async_engine) as session:
-        users = (await session.scalars(USERS)).all()
+    """The oracle (:func:`tests._oracle.stock_async`): ``attr`` of every user
+    as stock lazy loading returns it in a fresh session (after a commit if
+    ``expire``), and how many statements that took."""
+
+    async def load(session: AsyncSession) -> list[AsyncUser]:
+        users = list((await session.scalars(USERS)).all())
         if expire:
             await session.commit()
-        with QueryCounter(async_engine) as q:
-            for user in users:
-                await getattr(user.awaitable_attrs, attr)
-        return read(list(users), attr), q.count
+        return users
+
+    async def touch(users: list[AsyncUser]) -> list[Any]:
+        for user in users:
+            await getattr(user.awaitable_attrs, attr)
+        return read(users, attr)
+
+    reading = await oracle.stock_async(async_engine, load, touch)
+    return reading.values, reading.queries
 
 
 async def load_users(session: AsyncSession, how: str, *options: Any) -> list[AsyncUser]:

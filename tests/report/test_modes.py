@@ -28,19 +28,18 @@ from nplus1loader import (
     raiseload_all,
 )
 from tests._db import QueryCounter
-from tests.ergo_models import AUTHORS, BOOKS, READERS, Author, seed, stock
+from tests.ergo_models import AUTHORS, BOOKS, READERS, Author, stock
 
 ENV = "NPLUS1LOADER_MODE"
 
 
 @pytest.fixture
-def seeded(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
-    seed(engine)
+def ergo_engine(ergo_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
     # The suite itself may run under --nplus1-mode or NPLUS1LOADER_MODE:
     # these tests set both explicitly.
     monkeypatch.delenv(ENV, raising=False)
     previous = _modes.set_forced_mode(None)
-    yield engine
+    yield ergo_engine
     _modes.set_forced_mode(previous)
 
 
@@ -79,27 +78,27 @@ def observe(
 )
 @pytest.mark.parametrize("mode", ["load", "warn", "raise"])
 def test_mode_keyword_of_the_options(
-    seeded: Engine, mode: str, make: Callable[[str], Any], reader: str
+    ergo_engine: Engine, mode: str, make: Callable[[str], Any], reader: str
 ) -> None:
-    expected, _ = stock(seeded, reader)
-    observed, values, count, _ = observe(seeded, reader, make(mode))
+    expected, _ = stock(ergo_engine, reader)
+    observed, values, count, _ = observe(ergo_engine, reader, make(mode))
     assert observed == mode
     assert (values, count) == ((expected, 1) if mode != "raise" else (None, 0))
 
 
 @pytest.mark.parametrize("mode", ["load", "warn", "raise"])
-def test_mode_keyword_of_the_column_option(seeded: Engine, mode: str) -> None:
-    expected, _ = stock(seeded, "bio")
-    observed, values, count, _ = observe(seeded, "bio", nplus1loader_cols("bio", mode=mode))
+def test_mode_keyword_of_the_column_option(ergo_engine: Engine, mode: str) -> None:
+    expected, _ = stock(ergo_engine, "bio")
+    observed, values, count, _ = observe(ergo_engine, "bio", nplus1loader_cols("bio", mode=mode))
     assert observed == mode
     assert (values, count) == ((expected, 1) if mode != "raise" else (None, 0))
 
 
 @pytest.mark.parametrize("mode", ["load", "warn", "raise"])
-def test_mode_of_enable(seeded: Engine, mode: str) -> None:
-    expected, _ = stock(seeded, "books")
-    factory = enable(sessionmaker(seeded), mode=mode)
-    observed, values, count, _ = observe(seeded, "books", factory=factory)
+def test_mode_of_enable(ergo_engine: Engine, mode: str) -> None:
+    expected, _ = stock(ergo_engine, "books")
+    factory = enable(sessionmaker(ergo_engine), mode=mode)
+    observed, values, count, _ = observe(ergo_engine, "books", factory=factory)
     assert observed == mode
     assert (values, count) == ((expected, 1) if mode != "raise" else (None, 0))
 
@@ -121,10 +120,10 @@ def test_unknown_mode_is_rejected(make: Callable[[], Any]) -> None:
 # ------------------------------------------------------------------ warn
 
 
-def test_warning_names_the_attribute_and_the_call_site(seeded: Engine) -> None:
-    expected, _ = stock(seeded, "books")
+def test_warning_names_the_attribute_and_the_call_site(ergo_engine: Engine) -> None:
+    expected, _ = stock(ergo_engine, "books")
     values = []
-    with Session(seeded) as session:
+    with Session(ergo_engine) as session:
         query_line = inspect.currentframe().f_lineno + 1  # type: ignore[union-attr]
         authors = session.scalars(AUTHORS.options(nplus1loader(mode="warn"))).all()
         with warnings.catch_warnings(record=True) as caught:
@@ -148,13 +147,13 @@ def test_warning_names_the_attribute_and_the_call_site(seeded: Engine) -> None:
     )
 
 
-def test_warning_as_error_fails_at_the_touch(seeded: Engine) -> None:
+def test_warning_as_error_fails_at_the_touch(ergo_engine: Engine) -> None:
     """Under ``-W error::nplus1loader.NPlusOneWarning`` the touch raises (the
     warning is emitted once the batch has run, so the peers are loaded)."""
-    expected, _ = stock(seeded, "book_authors")
-    with Session(seeded) as session:
+    expected, _ = stock(ergo_engine, "book_authors")
+    with Session(ergo_engine) as session:
         books = session.scalars(BOOKS.options(nplus1loader(mode="warn"))).all()
-        with warnings.catch_warnings(), QueryCounter(seeded) as q:
+        with warnings.catch_warnings(), QueryCounter(ergo_engine) as q:
             warnings.simplefilter("error", NPlusOneWarning)
             with pytest.raises(NPlusOneWarning, match=r"^Book\.author: N\+1 pattern: "):
                 books[0].author  # noqa: B018
@@ -162,9 +161,9 @@ def test_warning_as_error_fails_at_the_touch(seeded: Engine) -> None:
         assert q.count == 1
 
 
-def test_one_warning_per_batch(seeded: Engine) -> None:
+def test_one_warning_per_batch(ergo_engine: Engine) -> None:
     """Peers loaded by the batch read the value without a second warning."""
-    _, _, _, caught = observe(seeded, "book_authors", nplus1loader(mode="warn"))
+    _, _, _, caught = observe(ergo_engine, "book_authors", nplus1loader(mode="warn"))
     assert [str(w.message).split(":")[0] for w in caught] == ["Book.author"]
 
 
@@ -174,51 +173,51 @@ def test_one_warning_per_batch(seeded: Engine) -> None:
 @pytest.mark.parametrize("declared", ["load", "warn", "raise"])
 @pytest.mark.parametrize("env", ["load", "warn", "raise"])
 def test_environment_variable_overrides_the_declared_mode(
-    seeded: Engine, monkeypatch: pytest.MonkeyPatch, env: str, declared: str
+    ergo_engine: Engine, monkeypatch: pytest.MonkeyPatch, env: str, declared: str
 ) -> None:
-    expected, _ = stock(seeded, "books")
+    expected, _ = stock(ergo_engine, "books")
     monkeypatch.setenv(ENV, env)
-    observed, values, count, _ = observe(seeded, "books", nplus1loader(mode=declared))
+    observed, values, count, _ = observe(ergo_engine, "books", nplus1loader(mode=declared))
     assert observed == env
     if env != "raise":
         assert (values, count) == (expected, 1)
 
 
 def test_environment_variable_is_read_when_the_load_happens(
-    seeded: Engine, monkeypatch: pytest.MonkeyPatch
+    ergo_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    expected, _ = stock(seeded, "books")
-    with Session(seeded) as session:
+    expected, _ = stock(ergo_engine, "books")
+    with Session(ergo_engine) as session:
         authors = session.scalars(AUTHORS.options(nplus1loader())).all()
         monkeypatch.setenv(ENV, "raise")
         with pytest.raises(LazyLoadingAttributeError):
             authors[0].books  # noqa: B018
         monkeypatch.setenv(ENV, "load")
-        with QueryCounter(seeded) as q:
+        with QueryCounter(ergo_engine) as q:
             assert [[b.title for b in a.books] for a in authors] == expected
         assert q.count == 1
 
 
 @pytest.mark.parametrize("value", [" RAISE ", "Raise\n"])
 def test_environment_variable_is_trimmed_and_case_insensitive(
-    seeded: Engine, monkeypatch: pytest.MonkeyPatch, value: str
+    ergo_engine: Engine, monkeypatch: pytest.MonkeyPatch, value: str
 ) -> None:
     monkeypatch.setenv(ENV, value)
-    assert observe(seeded, "books", nplus1loader())[0] == "raise"
+    assert observe(ergo_engine, "books", nplus1loader())[0] == "raise"
 
 
 @pytest.mark.parametrize("value", ["", "   "])
 def test_empty_environment_variable_is_ignored(
-    seeded: Engine, monkeypatch: pytest.MonkeyPatch, value: str
+    ergo_engine: Engine, monkeypatch: pytest.MonkeyPatch, value: str
 ) -> None:
     monkeypatch.setenv(ENV, value)
-    assert observe(seeded, "books", nplus1loader(mode="warn"))[0] == "warn"
+    assert observe(ergo_engine, "books", nplus1loader(mode="warn"))[0] == "warn"
 
 
 def test_bad_environment_variable_fails_at_the_touch(
-    seeded: Engine, monkeypatch: pytest.MonkeyPatch
+    ergo_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with Session(seeded) as session:
+    with Session(ergo_engine) as session:
         authors = session.scalars(AUTHORS.options(nplus1loader())).all()
         monkeypatch.setenv(ENV, "batch")
         with pytest.raises(ArgumentError, match=f"environment variable {ENV}: mode must be one"):
@@ -226,13 +225,13 @@ def test_bad_environment_variable_fails_at_the_touch(
 
 
 def test_environment_variable_turns_raiseload_into_batches(
-    seeded: Engine, monkeypatch: pytest.MonkeyPatch
+    ergo_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``load`` overrides raise options too: production never crashes on a
     raiseload left in the code, it batches."""
-    expected, _ = stock(seeded, "bio")
+    expected, _ = stock(ergo_engine, "bio")
     monkeypatch.setenv(ENV, "load")
-    assert observe(seeded, "bio", raiseload_all("*"))[:3] == ("load", expected, 1)
+    assert observe(ergo_engine, "bio", raiseload_all("*"))[:3] == ("load", expected, 1)
 
 
 # ------------------------------------------------------------ forced mode
@@ -241,23 +240,22 @@ def test_environment_variable_turns_raiseload_into_batches(
 @pytest.mark.parametrize("declared", ["load", "warn", "raise"])
 @pytest.mark.parametrize("forced", ["load", "warn", "raise"])
 def test_forced_mode_overrides_the_declared_mode(
-    seeded: Engine, forced: str, declared: str
+    ergo_engine: Engine, forced: str, declared: str
 ) -> None:
     _modes.set_forced_mode(forced)
-    assert observe(seeded, "books", nplus1loader(mode=declared))[0] == forced
-    assert observe(seeded, "books", factory=enable(sessionmaker(seeded), mode=declared))[0] == (
-        forced
-    )
+    assert observe(ergo_engine, "books", nplus1loader(mode=declared))[0] == forced
+    factory = enable(sessionmaker(ergo_engine), mode=declared)
+    assert observe(ergo_engine, "books", factory=factory)[0] == forced
 
 
 def test_environment_variable_wins_over_the_forced_mode(
-    seeded: Engine, monkeypatch: pytest.MonkeyPatch
+    ergo_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _modes.set_forced_mode("raise")
     monkeypatch.setenv(ENV, "warn")
-    assert observe(seeded, "books", nplus1loader())[0] == "warn"
+    assert observe(ergo_engine, "books", nplus1loader())[0] == "warn"
     monkeypatch.delenv(ENV)
-    assert observe(seeded, "books", nplus1loader())[0] == "raise"
+    assert observe(ergo_engine, "books", nplus1loader())[0] == "raise"
 
 
 def test_set_forced_mode_returns_the_previous_one_and_checks_its_argument() -> None:
@@ -273,9 +271,9 @@ def test_set_forced_mode_returns_the_previous_one_and_checks_its_argument() -> N
 
 
 def test_unarmed_attributes_are_not_affected_by_the_mode(
-    seeded: Engine, monkeypatch: pytest.MonkeyPatch
+    ergo_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The mode governs armed attributes; plain lazy loading stays stock."""
-    expected, stock_count = stock(seeded, "books")
+    expected, stock_count = stock(ergo_engine, "books")
     monkeypatch.setenv(ENV, "raise")
-    assert observe(seeded, "books")[:3] == ("load", expected, stock_count)
+    assert observe(ergo_engine, "books")[:3] == ("load", expected, stock_count)
