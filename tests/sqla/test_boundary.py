@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "nplus1loader"
+PACKAGE = Path(__file__).resolve().parents[2] / "nplus1loader"
 BOUNDARY = "_sqla.py"
 
 PRIVATE_MODULES = (
