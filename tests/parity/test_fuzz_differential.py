@@ -679,10 +679,10 @@ class Runner:
         the base class brought, with a statement of its own that carries no
         identity token (``load_scalar_attributes`` through the mapper's
         optimized get): a sharded session sends it to every shard and the
-        last row wins: another row's data.  nplus1loader reads the instance's
-        own shard there on SQLAlchemy 2.1 (as stock on 2.0); the value is
-        checked against that shard's row, read past the recorder.  Open: to
-        be documented (or matched) once the 2.0/2.1 difference is explained."""
+        last row wins: another row's data.  nplus1loader's batch reads the
+        instance's own shard (a difference the README names; a lone
+        instance refreshes the stock way, so N may give either): the value
+        is accepted when it is that shard's row, read past the recorder."""
         session = self.n.session
         if not isinstance(session, ShardedSession) or len(ident) != 3:
             return False

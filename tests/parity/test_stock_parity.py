@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     create_engine,
     event,
+    inspect,
     select,
 )
 from sqlalchemy.exc import ArgumentError, InvalidRequestError, SAWarning
@@ -569,3 +570,52 @@ def test_batches_go_to_each_instances_own_shard(
         finally:
             session.close()
     assert outcomes[0] == outcomes[1]
+
+
+class ShardedAnimal(Shard):
+    __tablename__ = "sp_animal"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(10))
+    __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "animal"}
+
+
+class ShardedDog(ShardedAnimal):
+    __tablename__ = "sp_dog"
+    id: Mapped[int] = mapped_column(ForeignKey("sp_animal.id"), primary_key=True)
+    bark: Mapped[str] = mapped_column(String(20))
+    __mapper_args__ = {"polymorphic_identity": "dog"}
+
+
+def test_a_joined_subclass_column_is_read_from_the_instances_own_shard(
+    shards: dict[str, Engine],
+) -> None:
+    """The README's known difference: a base-class query leaves a joined
+    subclass's columns unloaded; stock SQLAlchemy loads them with a
+    statement that carries no identity token, which the session sends to
+    every shard, and the last shard's row wins: the same primary key on
+    another shard gives another dog's bark.  A batch names the instances'
+    own shard (as it does for every column load), so each dog gets its own
+    row.  Should SQLAlchemy fix this, the first assertion fails and the
+    difference leaves the README."""
+    for shard, engine in shards.items():
+        with engine.begin() as conn:
+            conn.execute(
+                ShardedAnimal.__table__.insert(),
+                [{"id": i, "kind": "dog"} for i in (1, 2)],
+            )
+            conn.execute(
+                ShardedDog.__table__.insert(), [{"id": i, "bark": f"{shard} {i}"} for i in (1, 2)]
+            )
+    barks = []
+    for extra in ((), (armed("*"),)):
+        session = _sharded(shards)
+        try:
+            dogs = session.scalars(select(ShardedAnimal).options(*extra)).all()
+            barks.append(sorted((inspect(d).identity_token, d.id, d.bark) for d in dogs))
+        finally:
+            session.close()
+    last = sorted(shards)[-1]
+    assert barks[0] == sorted(
+        (shard, i, f"{last} {i}") for shard in shards for i in (1, 2)
+    ), "stock reads the last shard's row"
+    assert barks[1] == sorted((shard, i, f"{shard} {i}") for shard in shards for i in (1, 2))
