@@ -32,12 +32,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 from nplus1loader import LazyLoadingAttributeError, nplus1loader, raiseload_all
 from tests import _oracle as oracle
-from tests._db import QueryCounter, describe_error, report_unreachable, setup_schema
+from tests._db import QueryCounter, setup_schema
+from tests.ergo_models import async_url as shared_async_url
 
 T = TypeVar("T")
-
-#: The async driver tested for each backend of the sync fixtures.
-ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg", "mysql": "aiomysql"}
 
 #: Few enough users that one batch covers them all.
 SMALL = 7
@@ -108,34 +106,13 @@ def seed(engine: Engine, users: int) -> None:
         session.commit()
 
 
-_probed: dict[str, str] = {}
-
-
 @pytest.fixture
 def async_url(db_name: str, engine: Engine) -> URL:
-    """The sync fixture's URL (its env variable or default) with the async
-    driver of the backend, checked once per backend: a missing driver or an
-    unreachable server skips (fails under CI=true) like the sync fixture."""
-    url = engine.url.set(drivername=f"{engine.url.get_backend_name()}+{ASYNC_DRIVERS[db_name]}")
-    backend = db_name
-    if backend not in _probed:
-
-        async def probe() -> None:
-            async_engine = create_async_engine(url)
-            try:
-                async with async_engine.connect() as conn:
-                    await conn.execute(text("SELECT 1"))
-            finally:
-                await async_engine.dispose()
-
-        try:
-            asyncio.run(probe())
-            _probed[backend] = ""
-        except Exception as error:
-            _probed[backend] = describe_error(error)
-    if _probed[backend]:
-        report_unreachable(backend, url.render_as_string(hide_password=False), _probed[backend])
-    return url
+    """The sync fixture's URL with the async driver of the backend, probed
+    once per backend by the shared ``ergo_models.async_url``: a missing
+    driver or an unreachable server skips (fails under CI=true) like the
+    sync fixture."""
+    return shared_async_url(db_name, engine)
 
 
 @pytest.fixture
