@@ -538,13 +538,18 @@ is_deleted: Callable[[InstanceState[Any]], bool] = attrgetter("_deleted")
 #: though that would be cheaper to write: SQLAlchemy stamps it anew on
 #: every refresh, and the arming would go with it.
 _PROFILE_KEY = "_nplus1loader_profile"
+# A class-level default of None, so that reading the profile of a state
+# that has none is one C-level attribute read (``attrgetter``, no Python
+# frame: it runs for every armed row of a query that finds rows already in
+# the session) and never creates the ``__dict__`` of a state without one.
+# The instance's own ``__dict__`` entry shadows it; InstanceState's
+# ``__getstate__`` picks its keys, so neither is pickled.
+if getattr(InstanceState, _PROFILE_KEY, None) is not None:  # pragma: no cover
+    raise ImportError(f"nplus1loader: SQLAlchemy's InstanceState has a {_PROFILE_KEY!r}")
+setattr(InstanceState, _PROFILE_KEY, None)
 
-
-def stored_profile(state: InstanceState[Any]) -> Any:
-    """The profile stored on ``state``, or None.  Read as an attribute:
-    asking for ``state.__dict__`` would create that dict on every new
-    instance that has none yet."""
-    return getattr(state, _PROFILE_KEY, None)
+#: The profile stored on ``state``, or None.
+stored_profile: Callable[[InstanceState[Any]], Any] = attrgetter(_PROFILE_KEY)
 
 
 def store_profile(*, state: InstanceState[Any], profile: Any) -> None:
