@@ -225,9 +225,10 @@ def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any
     stamped = _sqla.propagated_options(context=context)
     owner = _owner(stamped) if _sqla.rows_reach_one_path(context=context) else None
     stamp_key = (_sqla.stamped_key(context=context, path=path), mapper)
-    # Whether the stamp finds this very profile: decided at the first row,
-    # when every strategy of the query has added its loaders.
-    shared: list[bool] = []
+    # Whether the stamp finds this very profile, decided at the first row
+    # (when every strategy of the query has added its loaders): [marks]
+    # if it does (what the registry logs the rows under), [None] if not.
+    shared: list[Marks | None] = []
     # For instances already in the session: whether what their stamp finds
     # arms them exactly as this profile would.
     stamped_alike = profile_verdicts(lambda other: _arm_alike(other, profile))
@@ -255,10 +256,11 @@ def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any
     def arm(state: InstanceState[Any], dict_: Any, row: Any) -> None:
         if load_options_of(state) is stamped:
             if not shared:
-                shared.append(share())
                 if not marks:
                     marks.append(profile.marks)
-            if shared[0]:
+                shared.append(marks[0] if share() else None)
+            run_marks = shared[0]
+            if run_marks is not None:
                 # The stamp finds the profile: nothing to store, except to
                 # drop what an earlier query stored (this one is the latest).
                 if may_hold_profile and stored_profile(state) is not None:
@@ -269,10 +271,10 @@ def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any
                 # row of every armed query, and two calls fewer per row were
                 # a third of what arming costs a query that touches nothing.
                 log = registry.log
-                if registry.run is marks[0] and len(log) <= registry.limit:
+                if registry.run is run_marks and len(log) <= registry.limit:
                     log.append(state)
                 else:
-                    registry.enlist(state, marks[0])
+                    registry.enlist(state, run_marks)
                 return
         elif stored_profile(state) is None and not loaders_of(state) and stamped_alike(state):
             # Already in the session, armed alike by an earlier execution

@@ -459,12 +459,16 @@ def _collect(
     stmt = run.prepare(shape.select)
     by_identity = states_by_key(states, npk)
     before = run.statements
+    # Outside a sharded session every row is of the batch's shard: the
+    # per-row check (one call per target row) is left out.
+    sharded = run.identity_token is not None
     for chunk, rows in run.rows(stmt, list(by_identity)):
         collected: dict[Any, list[Any]] = {ident: [] for ident in chunk}
+        bucket_of = collected.get
         for row in rows:
             target = row[npk]
-            bucket = collected.get(row[0] if npk == 1 else tuple(row[:npk]))
-            if bucket is not None and run.of_this_shard(target):
+            bucket = bucket_of(row[0] if npk == 1 else tuple(row[:npk]))
+            if bucket is not None and (not sharded or run.of_this_shard(target)):
                 bucket.append(target)
         for ident, values in collected.items():
             state = by_identity[ident]
