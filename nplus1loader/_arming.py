@@ -212,6 +212,10 @@ def _owner(options: Any) -> Any:
     return None
 
 
+#: Never a registry's current run (see ``only_logged`` below).
+_NO_RUN = object()
+
+
 def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any]) -> Any:
     hooks = profile.instance_hooks
     class_level = profile.class_level
@@ -252,13 +256,27 @@ def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any
     # carry a profile an earlier query stored: with an empty session (the
     # common first query) the rows skip looking for one.
     may_hold_profile = bool(len(context.session.identity_map))
+    # The marks of the shortest path, once the first row shows that the
+    # stamp finds this profile and that rows need nothing but logging (no
+    # per-instance hooks, no stored profile to drop): then a row whose
+    # stamp is this execution's, while the registry's current run is this
+    # one, costs a list append.  Any other object never is a registry run.
+    only_logged: Any = _NO_RUN
 
     def arm(state: InstanceState[Any], dict_: Any, row: Any) -> None:
+        nonlocal only_logged
         if load_options_of(state) is stamped:
+            if registry.run is only_logged:
+                log = registry.log
+                if len(log) <= registry.limit:
+                    log.append(state)
+                    return
             if not shared:
                 if not marks:
                     marks.append(profile.marks)
                 shared.append(marks[0] if share() else None)
+                if shared[0] is not None and not hooks and not may_hold_profile:
+                    only_logged = shared[0]
             run_marks = shared[0]
             if run_marks is not None:
                 # The stamp finds the profile: nothing to store, except to
