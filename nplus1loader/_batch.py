@@ -131,12 +131,12 @@ def load_expired_columns(
     number of statements."""
     trigger = states[0]
 
-    def settle(state: InstanceState[Any]) -> None:
+    def settle(state: InstanceState[Any], loaded: Sequence[str]) -> None:
         if state is not trigger:
             _sqla.settle_refreshed(state)
 
     run = ChunkRunner(session, trigger, mapper.attrs[keys[0]], (), size, autoflush)
-    return load_columns_by_key(run, mapper, states, keys, each=settle)
+    return load_columns_by_key(run, mapper, states, keys, each=settle, expired=True)
 
 
 def checked_chunk_size(value: int | None, where: str) -> int:
@@ -207,7 +207,16 @@ class ChunkRunner:
     size, checked once by :func:`checked_chunk_size`.
     """
 
-    __slots__ = ("autoflush", "extra_options", "prop", "session", "size", "statements", "trigger")
+    __slots__ = (
+        "autoflush",
+        "context",
+        "extra_options",
+        "prop",
+        "session",
+        "size",
+        "statements",
+        "trigger",
+    )
 
     def __init__(
         self,
@@ -225,6 +234,8 @@ class ChunkRunner:
         self.size = size
         self.autoflush = autoflush
         self.statements = 0
+        #: The ``QueryContext`` of the chunk being read (None for Core).
+        self.context: Any = None
 
     @property
     def identity_token(self) -> Any:
@@ -237,18 +248,21 @@ class ChunkRunner:
             stmt, state=self.trigger, prop=self.prop, extra_options=self.extra_options
         )
 
-    def columns_as_core(self) -> bool:
+    def columns_as_core(self, mapper: Mapper[Any]) -> bool:
         """Whether a column batch can run as a plain Core SELECT, with the
         same SQL and the same rows, and nobody to see the difference: no
         ``do_orm_execute`` listener (only ORM statements reach them), no
-        shard to route to, and no loader criteria among the replayed
-        options (they reach into ``column_property`` subqueries).  It skips
+        shard to route to, no loader criteria among the replayed options
+        (they reach into ``column_property`` subqueries), and no
+        ``refresh`` listener on ``mapper`` (the event carries the ORM
+        execution's ``QueryContext``).  It skips
         the ORM's statement and row processing: a third of the time a
         deferred-column batch takes."""
         trigger = self.trigger
         return (
             trigger.identity_token is None
             and not _sqla.has_orm_execute_listeners(self.session)
+            and not _sqla.has_refresh_listeners(mapper=mapper)
             and not any(_sqla.is_loader_criteria(o) for o in _sqla.load_options_of(trigger))
         )
 
@@ -284,6 +298,7 @@ class ChunkRunner:
                 )
                 result = session.execute(stmt, params, execution_options=options)
             self.statements += 1
+            self.context = _sqla.query_context_of(result)
             yield chunk, _sqla.result_tuples(result)
 
     def of_this_shard(self, obj: Any) -> bool:
@@ -322,17 +337,26 @@ def load_columns_by_key(
     mapper: Mapper[Any],
     states: list[InstanceState[Any]],
     keys: list[str],
-    each: Callable[[InstanceState[Any]], None] | None = None,
+    each: Callable[[InstanceState[Any], Sequence[str]], None] | None = None,
+    *,
+    expired: bool = False,
 ) -> int:
     """Load the columns of ``keys`` for ``states`` by primary key and store
     each row's values on its state as committed state, except where the
     user changed them meanwhile (``_sqla.store_loaded_columns``); ``each``
-    is called on every state a row came back for.  Returns the number of
-    statements."""
+    is called on every state a row came back for, with the keys stored.
+    Each such state then gets the ``refresh`` event SQLAlchemy fires after
+    its own deferred or expired column load, as listeners expect
+    (``refresh(target, context, attrs)``): attrs are the keys loaded, or,
+    refreshing ``expired`` attributes, every key SQLAlchemy's own refresh
+    would have been asked for (expired relationships too).  Returns the
+    number of statements."""
     npk = len(mapper.primary_key)
     by_identity = states_by_key(states, npk)
     before = run.statements
-    if run.columns_as_core():
+    if _sqla.has_refresh_listeners(mapper=mapper):
+        each = _refreshing(run, each, expired=expired)
+    if run.columns_as_core(mapper):
         stmt = columns_statement(mapper, keys, core=True)
         batches = run.rows(stmt, list(by_identity), core_mapper=mapper)
     else:
@@ -341,6 +365,30 @@ def load_columns_by_key(
     for _, rows in batches:
         _sqla.store_loaded_columns(rows, by_identity=by_identity, keys=keys, npk=npk, each=each)
     return run.statements - before
+
+
+def _refreshing(
+    run: ChunkRunner,
+    each: Callable[[InstanceState[Any], Sequence[str]], None] | None,
+    *,
+    expired: bool,
+) -> Callable[[InstanceState[Any], Sequence[str]], None]:
+    """``each``, then the ``refresh`` event for what was stored (nothing
+    stored: a value changed in memory meanwhile, which stock would not
+    have loaded either).  For expired attributes, the keys stock's refresh
+    is given: those stored and those still expired (read before ``each``
+    settles them)."""
+
+    def then_refresh(state: InstanceState[Any], loaded: Sequence[str]) -> None:
+        keys = frozenset(loaded)
+        if expired and loaded:
+            keys |= _sqla.refreshable_expired(state=state)
+        if each is not None:
+            each(state, loaded)
+        if loaded:
+            _sqla.fire_refresh(state=state, context=run.context, keys=keys)
+
+    return then_refresh
 
 
 # ---------------------------------------------------------- relationships

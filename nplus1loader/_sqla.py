@@ -495,6 +495,27 @@ def loader_criteria(*, context: Any) -> tuple[Any, ...]:
     )
 
 
+def query_context_of(result: Any) -> Any:
+    """The ``QueryContext`` of an ORM result (None for a Core one): what
+    SQLAlchemy hands the ``refresh`` event of the instances a load refreshes."""
+    context = getattr(result, "context", None)
+    return context if isinstance(context, _QueryContext) else None
+
+
+def has_refresh_listeners(*, mapper: Any) -> bool:
+    """Whether a ``refresh`` listener would see an instance of ``mapper`` or
+    of one of its subclasses refreshed (SQLAlchemy checks the class manager
+    of the row's mapper)."""
+    return any(bool(m.class_manager.dispatch.refresh) for m in mapper.self_and_descendants)
+
+
+def fire_refresh(*, state: InstanceState[Any], context: Any, keys: frozenset[str]) -> None:
+    """The ``refresh`` event SQLAlchemy fires after it loads ``keys`` of an
+    instance already in the session (a deferred or expired column load):
+    ``refresh(target, context, attrs)``, once the values are stored."""
+    state.manager.dispatch.refresh(state, context, keys)
+
+
 def result_tuples(result: Any) -> Any:
     """The rows of an ORM result, for reading by position.
 
@@ -638,12 +659,12 @@ def store_loaded_columns(
     by_identity: dict[Any, InstanceState[Any]],
     keys: Sequence[str],
     npk: int,
-    each: Callable[[InstanceState[Any]], None] | None,
+    each: Callable[[InstanceState[Any], Sequence[str]], None] | None,
 ) -> None:
     """Store each row's columns ``keys`` (after its ``npk`` key columns) on
     the state of its key as committed state, except those changed in
     memory meanwhile (a deferred group may hold some); ``each`` is called
-    on every state a row came back for.
+    on every state a row came back for, with the keys stored on it.
 
     The bookkeeping of ``InstanceState._commit`` for keys that had no
     committed value, inline: it runs once per instance of every batch.  The
@@ -695,7 +716,7 @@ def store_loaded_columns(
                 for key in loaded:
                     callables.pop(key, None)
         if each is not None:
-            each(state)
+            each(state, loaded)
 
 
 def refresh_trigger(*, state: InstanceState[Any]) -> tuple[str | None, bool]:

@@ -345,6 +345,53 @@ def test_no_refresh_events_for_instances_already_loaded(db: Engine) -> None:
     assert fired[1] == fired[0] == [{"raising"}] * USERS
 
 
+@pytest.mark.parametrize("case", ["deferred", "expired", "expired-one"])
+def test_column_batches_fire_the_refresh_events_stock_fires(db: Engine, case: str) -> None:
+    """A deferred column read, or an expired one after ``commit()`` (every
+    column) or ``expire(obj, ["name"])``, makes stock refresh each instance
+    and fire ``refresh(target, context, attrs)`` with the query's
+    ``QueryContext`` and the keys it loaded; a batch fires the same event
+    for every instance it loads, in the same order, with its own
+    statement's context: the same targets, attrs and context type."""
+
+    def run(*extra: Any) -> tuple[list[Any], list[Any], int]:
+        fired: list[Any] = []
+        with Session(db) as session:
+
+            def on_refresh(target: Any, context: Any, attrs: Any) -> None:
+                fired.append((target.id, attrs, type(context).__name__, context.session is session))
+
+            users = session.scalars(select(User).order_by(User.id).options(*extra)).all()
+            if case == "expired":
+                session.commit()
+            elif case == "expired-one":
+                for u in users:
+                    session.expire(u, ["name"])
+            event.listen(User, "refresh", on_refresh)
+            try:
+                with QueryCounter(db) as q:
+                    values = [u.bio if case == "deferred" else u.name for u in users]
+            finally:
+                event.remove(User, "refresh", on_refresh)
+        return values, fired, q.count
+
+    stock_values, stock_fired, stock_count = run()
+    values, fired, count = run(armed("*"))
+    assert values == stock_values
+    assert fired == stock_fired
+    assert len(fired) == USERS
+    assert {attrs for _, attrs, _, _ in fired} == {
+        "deferred": {frozenset({"bio"})},
+        # Every expired key, relationships too (the deferred bio was never
+        # loaded, so it did not expire).
+        "expired": {
+            frozenset({"id", "name", "addresses", "unordered", "raising", "notes", "first_address"})
+        },
+        "expired-one": {frozenset({"name"})},
+    }[case]
+    assert (stock_count, count) == (USERS, 1)
+
+
 def test_no_refresh_event_for_fully_loaded_instances(db: Engine) -> None:
     """Nothing left to load (r8): stock fires no event, nor does arming."""
     fired: list[Any] = []
@@ -615,7 +662,7 @@ def test_a_joined_subclass_column_is_read_from_the_instances_own_shard(
         finally:
             session.close()
     last = sorted(shards)[-1]
-    assert barks[0] == sorted(
-        (shard, i, f"{last} {i}") for shard in shards for i in (1, 2)
-    ), "stock reads the last shard's row"
+    assert barks[0] == sorted((shard, i, f"{last} {i}") for shard in shards for i in (1, 2)), (
+        "stock reads the last shard's row"
+    )
     assert barks[1] == sorted((shard, i, f"{shard} {i}") for shard in shards for i in (1, 2))
