@@ -375,7 +375,9 @@ def _refreshing(
 ) -> Callable[[InstanceState[Any], Sequence[str]], None]:
     """``each``, then the ``refresh`` event for what was stored (nothing
     stored: a value changed in memory meanwhile, which stock would not
-    have loaded either).  For expired attributes, the keys stock's refresh
+    have loaded either; on SQLAlchemy 2.0, whose ORM result keeps no
+    ``QueryContext`` to hand the event, none).  For expired attributes, the
+    keys stock's refresh
     is given: those stored and those still expired (read before ``each``
     settles them)."""
 
@@ -385,7 +387,7 @@ def _refreshing(
             keys |= _sqla.refreshable_expired(state=state)
         if each is not None:
             each(state, loaded)
-        if loaded:
+        if loaded and run.context is not None:
             _sqla.fire_refresh(state=state, context=run.context, keys=keys)
 
     return then_refresh

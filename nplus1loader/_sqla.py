@@ -496,8 +496,10 @@ def loader_criteria(*, context: Any) -> tuple[Any, ...]:
 
 
 def query_context_of(result: Any) -> Any:
-    """The ``QueryContext`` of an ORM result (None for a Core one): what
-    SQLAlchemy hands the ``refresh`` event of the instances a load refreshes."""
+    """The ``QueryContext`` of an ORM result, what SQLAlchemy hands the
+    ``refresh`` event of the instances a load refreshes: ``result.context``
+    on SQLAlchemy 2.1; None for a Core result, and on 2.0, whose ORM
+    result does not keep it."""
     context = getattr(result, "context", None)
     return context if isinstance(context, _QueryContext) else None
 
