@@ -248,21 +248,18 @@ class ChunkRunner:
             stmt, state=self.trigger, prop=self.prop, extra_options=self.extra_options
         )
 
-    def columns_as_core(self, mapper: Mapper[Any]) -> bool:
+    def columns_as_core(self) -> bool:
         """Whether a column batch can run as a plain Core SELECT, with the
         same SQL and the same rows, and nobody to see the difference: no
         ``do_orm_execute`` listener (only ORM statements reach them), no
-        shard to route to, no loader criteria among the replayed options
-        (they reach into ``column_property`` subqueries), and no
-        ``refresh`` listener on ``mapper`` (the event carries the ORM
-        execution's ``QueryContext``).  It skips
+        shard to route to, and no loader criteria among the replayed
+        options (they reach into ``column_property`` subqueries).  It skips
         the ORM's statement and row processing: a third of the time a
         deferred-column batch takes."""
         trigger = self.trigger
         return (
             trigger.identity_token is None
             and not _sqla.has_orm_execute_listeners(self.session)
-            and not _sqla.has_refresh_listeners(mapper=mapper)
             and not any(_sqla.is_loader_criteria(o) for o in _sqla.load_options_of(trigger))
         )
 
@@ -354,9 +351,11 @@ def load_columns_by_key(
     npk = len(mapper.primary_key)
     by_identity = states_by_key(states, npk)
     before = run.statements
-    if _sqla.has_refresh_listeners(mapper=mapper):
+    fires_refresh = _sqla.batch_fires_refresh(mapper=mapper)
+    if fires_refresh:
         each = _refreshing(run, each, expired=expired)
-    if run.columns_as_core(mapper):
+    # The event carries the ORM execution's QueryContext: no Core statement.
+    if not fires_refresh and run.columns_as_core():
         stmt = columns_statement(mapper, keys, core=True)
         batches = run.rows(stmt, list(by_identity), core_mapper=mapper)
     else:
@@ -375,9 +374,7 @@ def _refreshing(
 ) -> Callable[[InstanceState[Any], Sequence[str]], None]:
     """``each``, then the ``refresh`` event for what was stored (nothing
     stored: a value changed in memory meanwhile, which stock would not
-    have loaded either; on SQLAlchemy 2.0, whose ORM result keeps no
-    ``QueryContext`` to hand the event, none).  For expired attributes, the
-    keys stock's refresh
+    have loaded either).  For expired attributes, the keys stock's refresh
     is given: those stored and those still expired (read before ``each``
     settles them)."""
 

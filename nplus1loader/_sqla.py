@@ -28,6 +28,7 @@ Checked against SQLAlchemy 2.0.59 and 2.1.9.
 
 from __future__ import annotations
 
+import inspect as _inspect
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from operator import attrgetter
@@ -36,6 +37,7 @@ from typing import Any
 
 from sqlalchemy import inspect
 from sqlalchemy import util as _sa_util
+from sqlalchemy.engine.result import ChunkedIteratorResult
 from sqlalchemy.orm import InstanceState, Load, Session
 from sqlalchemy.orm import base as _orm_base
 from sqlalchemy.orm import context as _orm_context
@@ -504,11 +506,20 @@ def query_context_of(result: Any) -> Any:
     return context if isinstance(context, _QueryContext) else None
 
 
-def has_refresh_listeners(*, mapper: Any) -> bool:
-    """Whether a ``refresh`` listener would see an instance of ``mapper`` or
-    of one of its subclasses refreshed (SQLAlchemy checks the class manager
-    of the row's mapper)."""
-    return any(bool(m.class_manager.dispatch.refresh) for m in mapper.self_and_descendants)
+#: Whether an ORM result keeps the ``QueryContext`` of its execution
+#: (``result.context``: SQLAlchemy 2.1, not 2.0), which a batch hands the
+#: ``refresh`` events it fires.
+_ORM_RESULTS_KEEP_CONTEXT = "context" in _inspect.signature(ChunkedIteratorResult).parameters
+
+
+def batch_fires_refresh(*, mapper: Any) -> bool:
+    """Whether a column batch of ``mapper`` fires ``refresh`` events: a
+    listener would see an instance of it or of a subclass refreshed
+    (SQLAlchemy checks the class manager of the row's mapper), and the
+    batch's ORM result keeps the ``QueryContext`` the event carries."""
+    return _ORM_RESULTS_KEEP_CONTEXT and any(
+        bool(m.class_manager.dispatch.refresh) for m in mapper.self_and_descendants
+    )
 
 
 def fire_refresh(*, state: InstanceState[Any], context: Any, keys: frozenset[str]) -> None:
