@@ -121,6 +121,8 @@ class Record:
     peak_bytes: int | None = None
     problems: list[str] = field(default_factory=list)
     skipped: str | None = None
+    #: Which of the run's processes measured it (``run --processes``).
+    process: int = 1
 
     @property
     def median(self) -> float:

@@ -19,6 +19,7 @@ starts from the same session: the unrelated rows and nothing else.
 
 from __future__ import annotations
 
+import functools
 import gc
 import statistics
 import time
@@ -46,6 +47,7 @@ class PagingRecord:
     queries: int = 0
     checksum: int = 0
     problems: list[str] = field(default_factory=list)
+    process: int = 1
 
     @property
     def median(self) -> float:
@@ -147,28 +149,59 @@ def measure(
     return records
 
 
+def _times(
+    records: list[dict[str, Any]], fillers: int, contender: str, process: int | None = None
+) -> list[float]:
+    """The timed rounds of one contender at one filler count (of one process)."""
+    return [
+        t
+        for r in records
+        if r["fillers"] == fillers
+        and r["contender"] == contender
+        and process in (None, r.get("process", 1))
+        for t in r["times"]
+    ]
+
+
 def render(records: list[dict[str, Any]], db_label: str, parents: int) -> list[str]:
-    """The report's section for the long-session scenario."""
-    by = {(r["fillers"], r["contender"]): r for r in records}
+    """The report's section for the long-session scenario.  With several
+    processes (``run --processes``) the times are pooled and the ratio is
+    the median of each process's own, with their range."""
     fillers = sorted({r["fillers"] for r in records})
+    processes = sorted({r.get("process", 1) for r in records})
     lines = [
         "## A paging worker in one long session (issue 16)",
         "",
         f"{db_label}: {parents:,} parents, {PAGE} per page, each page's children read, "
         "pages kept; the session first holds N armed unrelated rows (frozen out of the "
         "garbage collector). Median of the timed rounds; target: nplus1loader at most "
-        "1.15x `selectinload` at every N, and flat in N.",
+        "1.15x `selectinload` at every N, and flat in N."
+        + (
+            f" The ratio is the median of the {len(processes)} processes' own (in "
+            "parentheses the lowest and the highest)."
+            if len(processes) > 1
+            else ""
+        ),
         "",
         "| unrelated rows N | selectinload | nplus1loader | ratio | statements |",
         "|---:|---:|---:|---:|---:|",
     ]
     for n in fillers:
-        sel, n1 = by[(n, "selectinload")], by[(n, "nplus1loader")]
-        sel_ms = statistics.median(sel["times"]) * 1000
-        n1_ms = statistics.median(n1["times"]) * 1000
+        times = functools.partial(_times, records, n)
+        queries = {r["contender"]: r["queries"] for r in records if r["fillers"] == n}
+        sel_ms = statistics.median(times("selectinload")) * 1000
+        n1_ms = statistics.median(times("nplus1loader")) * 1000
+        ratio = f"{n1_ms / sel_ms:.2f}x"
+        if len(processes) > 1:
+            ratios = [
+                statistics.median(times("nplus1loader", p))
+                / statistics.median(times("selectinload", p))
+                for p in processes
+            ]
+            ratio = f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}x to {max(ratios):.2f}x)"
         lines.append(
-            f"| {n:,} | {sel_ms:.1f} ms | {n1_ms:.1f} ms | {n1_ms / sel_ms:.2f}x "
-            f"| {n1['queries']} / {sel['queries']} |"
+            f"| {n:,} | {sel_ms:.1f} ms | {n1_ms:.1f} ms | {ratio} "
+            f"| {queries['nplus1loader']} / {queries['selectinload']} |"
         )
     lines.append("")
     return lines
