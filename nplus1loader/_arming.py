@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable
+from queue import SimpleQueue
 from typing import Any
 
 from sqlalchemy import event
@@ -148,8 +149,11 @@ def profile_for(
         # Keyed by the primary key: "new" runs for a new instance (or one
         # whose key expired), "eager" for one already in the session.
         anchor = mapper.get_property_by_column(mapper.primary_key[0]).key
-        populate = _row_populator(found, context, path, mapper)
-        _sqla.add_new_row_populator(populators=populators, key=anchor, populate=populate)
+        swap: list[Callable[[Callable[..., Any]], None]] = []
+        populate = _row_populator(found, context, path, mapper, swap)
+        swap.append(
+            _sqla.add_new_row_populator(populators=populators, key=anchor, populate=populate)
+        )
 
         def arm_existing(
             context: Any, path: Any, states: Any, load_keys: Any, *args: Any, **kw: Any
@@ -216,7 +220,15 @@ def _owner(options: Any) -> Any:
 _NO_RUN = object()
 
 
-def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any]) -> Any:
+def _row_populator(
+    profile: Profile,
+    context: Any,
+    path: Any,
+    mapper: Mapper[Any],
+    swap: list[Callable[[Callable[..., Any]], None]],
+) -> Any:
+    """The populator that arms each instance the rows of ``path`` reach
+    (``swap[0]``, once registered, replaces it for the rows that follow)."""
     hooks = profile.instance_hooks
     class_level = profile.class_level
     loaders = profile.loaders
@@ -237,6 +249,8 @@ def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any
     # arms them exactly as this profile would.
     stamped_alike = profile_verdicts(lambda other: _arm_alike(other, profile))
     registry = registry_of(context.session)
+    if registry.pending:
+        registry.drain()
     # What the registry logs each armed instance under: known at the first
     # row, when the loaders are complete.
     marks: list[Marks] = []
@@ -277,6 +291,18 @@ def _row_populator(profile: Profile, context: Any, path: Any, mapper: Mapper[Any
                 shared.append(marks[0] if share() else None)
                 if shared[0] is not None and not hooks and not may_hold_profile:
                     only_logged = shared[0]
+                    if stamped and swap:
+                        # Every later row is an instance this execution
+                        # creates, stamped with its options (SQLAlchemy
+                        # stamps every new instance when options propagate),
+                        # and needs nothing but logging: at C speed, a
+                        # SimpleQueue's put, which takes (and ignores) the
+                        # populator's two other arguments.  The registry
+                        # drains it before it reads its log.
+                        pending: SimpleQueue[InstanceState[Any]] = SimpleQueue()
+                        put = pending.put
+                        registry.attach(pending, only_logged, put)
+                        swap[0](put)
             run_marks = shared[0]
             if run_marks is not None:
                 # The stamp finds the profile: nothing to store, except to

@@ -10,9 +10,14 @@ over a session's life.  So each session keeps a :class:`Registry`:
 * **A log of armed instances.**  Arming appends the instance to the log,
   in runs that share one :class:`Marks` (what their profile arms): one
   list append per row, whatever the query arms, so a query whose
-  attributes are never touched pays next to nothing.  An ``expire``
-  (commit, rollback, ``session.expire()``) appends the instance again:
-  the ``expire`` listener of ``_arming`` calls :meth:`Registry.enlist`.
+  attributes are never touched pays next to nothing.  A query into an
+  empty session pays less still: after its first row, SQLAlchemy calls a
+  queue's ``put`` as the populator of its rows (a call at C speed, where
+  a Python populator was most of what arming cost), and the log takes in
+  what the queue holds before it is next read or appended to
+  (:meth:`Registry.attach`).  An ``expire`` (commit, rollback,
+  ``session.expire()``) appends the instance again: the ``expire``
+  listener of ``_arming`` calls :meth:`Registry.enlist`.
 * **Candidate buckets**, per armed attribute (the mapped property: peers
   must share it) and, for expired columns, per mapper.  A touch first
   sorts into its bucket what the log gained since that bucket's last
@@ -40,13 +45,19 @@ from __future__ import annotations
 
 import weakref
 from bisect import bisect_left, bisect_right
+from collections import deque
 from collections.abc import Callable
+from itertools import islice
+from queue import SimpleQueue
 from typing import Any
 
 from sqlalchemy.orm import InstanceState
 from sqlalchemy.orm.attributes import instance_dict
 
 from . import _sqla
+
+#: What a queue's get_nowait() never returns: iter() stops on it.
+_NEVER = object()
 
 #: The log is compacted when it grows past twice its size after the last
 #: compaction, and never below this many entries.
@@ -146,6 +157,7 @@ class Registry:
         "lacking",
         "limit",
         "log",
+        "pending",
         "run",
         "run_marks",
         "run_starts",
@@ -170,13 +182,58 @@ class Registry:
         #: The stamp (load options, load path, class manager) and profile
         #: the ``expire`` listener of ``_arming`` found last (see there).
         self.expire_stamp: tuple[Any, Any, Any, Any] | None = None
+        #: Queues of armed instances not logged yet (:meth:`attach`).
+        self.pending: list[tuple[SimpleQueue[Any], Marks, weakref.ref[Any]]] = []
 
     def enlist(self, state: InstanceState[Any], marks: Marks) -> None:
         """Log ``state``, armed for ``marks`` (by a query's row, or again
         after an expire took attributes from it)."""
+        if self.pending:
+            self.drain()
         if self.run is not marks or len(self.log) > self.limit:
             self._begin(marks)
         self.log.append(state)
+
+    def __del__(self) -> None:
+        # A queue outlives its registry for as long as SQLAlchemy's objects
+        # of that query hold its put, which can be until the next garbage
+        # collection: it must not keep the instances alive as long.
+        for queue, _, _ in self.pending:
+            deque(islice(iter(queue.get_nowait, _NEVER), queue.qsize()), maxlen=0)
+
+    def entries(self) -> list[InstanceState[Any]]:
+        """The log, with what the pending queues hold moved into it."""
+        if self.pending:
+            self.drain()
+        return self.log
+
+    def attach(self, queue: SimpleQueue[Any], marks: Marks, put: Callable[..., Any]) -> None:
+        """Log what ``queue`` receives, armed for ``marks``, when the log is
+        next read or appended to.  A query whose rows need nothing but
+        logging hands SQLAlchemy ``put`` (the queue's own) as their row
+        populator: a call at C speed, where a Python populator was most of
+        what arming costs a query whose attributes are never touched.
+        ``put`` is referenced by that query's populators only: once it is
+        gone, no row will come, and a drained queue is dropped."""
+        self.pending.append((queue, marks, weakref.ref(put)))
+
+    def drain(self) -> None:
+        """Move the pending queues' instances to the log, in the order the
+        queues were attached (each as a run of its marks).  Called before
+        the log is read or appended to, and when a query starts arming (its
+        rows then come after those of the queries before it)."""
+        pending, self.pending = self.pending, []
+        for queue, marks, put in pending:
+            count = queue.qsize()
+            if count:
+                if self.run is not marks or len(self.log) > self.limit:
+                    self._begin(marks)
+                # At C speed too: get_nowait() called ``count`` times.
+                self.log.extend(islice(iter(queue.get_nowait, _NEVER), count))
+                if len(self.log) > self.limit:
+                    self._begin(marks)  # compacts, as the append that passed it would
+            if put() is not None:
+                self.pending.append((queue, marks, put))
 
     def _begin(self, marks: Marks) -> None:
         """Start a run of instances armed alike (compacting first when the
@@ -196,6 +253,8 @@ class Registry:
 
     def lacking_candidates(self, prop: Any) -> list[InstanceState[Any]]:
         """The instances armed for ``prop`` that still lack it."""
+        if self.pending:
+            self.drain()
         bucket = self.lacking.get(prop)
         if bucket is None:
             bucket = self.lacking[prop] = Candidates(self.session_key, prop.key)
@@ -205,6 +264,8 @@ class Registry:
     def expired_candidates(self, mapper: Any) -> list[InstanceState[Any]]:
         """The armed instances of exactly ``mapper`` with expired columns
         whose profile refreshes them."""
+        if self.pending:
+            self.drain()
         bucket = self.expired.get(mapper)
         if bucket is None:
             bucket = self.expired[mapper] = Candidates(self.session_key, None, mapper)

@@ -196,10 +196,22 @@ def expire_on_populate_existing(*, populators: Any, key: str) -> None:
 
 def add_new_row_populator(
     *, populators: Any, key: str, populate: Callable[[Any, Any, Any], None]
-) -> None:
+) -> Callable[[Callable[..., Any]], None]:
     """Call ``populate(state, dict_, row)`` for every instance the rows
-    create, or whose ``key`` expired (the ``"new"`` populators)."""
-    populators["new"].append((key, populate))
+    create, or whose ``key`` expired (the ``"new"`` populators).  Returns
+    a function that puts another callable in its place, for the rows that
+    follow: ``loading._instance`` reads the list afresh for every row."""
+    new = populators["new"]
+    entry = (key, populate)
+    new.append(entry)
+
+    def replace(other: Callable[..., Any]) -> None:
+        for position, found in enumerate(new):
+            if found is entry:
+                new[position] = (key, other)
+                return
+
+    return replace
 
 
 def undo_deferred_marker(*, memoized_populators: Any, prop: Any, always: bool) -> None:

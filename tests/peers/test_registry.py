@@ -126,12 +126,12 @@ def test_expiring_one_attribute_of_each_instance_still_batches(
 def test_expunge_all_empties_the_log(session: Session) -> None:
     kept = page(session, 1, 30)
     registry = registry_of(session)
-    assert len(registry.log) == 30
+    assert len(registry.entries()) == 30
     session.expunge_all()
     users = page(session, 31, 40)
     assert registry_of(session) is not registry
     states = [inspect(u) for u in users]
-    assert registry_of(session).log == states
+    assert registry_of(session).entries() == states
     assert registry_of(session).lacking_candidates(User.articles.property) == states
     assert len(kept) == 30
 
@@ -147,10 +147,10 @@ def test_the_log_holds_no_instance_the_user_dropped(
     for lo in range(11, USERS + 1, 10):
         page(session, lo, lo + 9)  # dropped at once, never touched
         gc.collect()
-        assert len(registry_of(session).log) <= 2 * 10 + 10  # twice the alive, one page
+        assert len(registry_of(session).entries()) <= 2 * 10 + 10  # twice the alive, one page
     assert len(session.identity_map) == 10
     registry = registry_of(session)
-    assert [s.obj() for s in registry.log if s.obj() is not None] == kept
+    assert [s.obj() for s in registry.entries() if s.obj() is not None] == kept
     # Touching one: the batch is the 10 alive, in one query.
     assert [len(u.articles) for u in kept] == [u.id % 4 for u in kept]
     assert registry.lacking_candidates(User.articles.property) == []
@@ -174,7 +174,7 @@ def test_a_session_that_only_grows_is_never_compacted(
     kept = [user for lo in range(1, USERS + 1, 10) for user in page(session, lo, lo + 9)]
     registry = registry_of(session)
     assert compactions == []
-    assert registry.log == [inspect(user) for user in kept]
+    assert registry.entries() == [inspect(user) for user in kept]
     assert registry.limit <= 2 * len(kept)
     with count_queries() as queries:
         titles = {u.id: [a.title for a in u.articles] for u in kept}
@@ -182,15 +182,16 @@ def test_a_session_that_only_grows_is_never_compacted(
     assert titles == stock_titles(engine, 1, USERS)
     # The batch armed the articles it brought in: still only growth.
     assert compactions == []
-    logged = len(registry.log)
+    logged = len(registry.entries())
     assert logged > USERS
     # Once most of them are gone, the next growth compacts.
     del kept
     gc.collect()
-    again = page(session, 1, 10)
+    again = page(session, 1, 30)
+    # Read, the log takes in what the query queued (see Registry.attach).
+    assert registry.entries() == [inspect(user) for user in again]
     assert len(compactions) == 1
     assert compactions[0] > logged
-    assert registry.log == [inspect(user) for user in again]
 
 
 def test_every_commit_logs_again_without_growing_for_ever(
@@ -207,4 +208,44 @@ def test_every_commit_logs_again_without_growing_for_ever(
     # Each cycle logs the 10 users twice (the expire, the refresh) and the 15
     # articles of the batch: 700 entries in all, without compaction.  Repeats
     # of an instance armed alike, and instances gone, are compacted away.
-    assert len(registry_of(session).log) <= 2 * 8 + 35
+    assert len(registry_of(session).entries()) <= 2 * 8 + 35
+
+
+def test_an_armed_query_into_an_empty_session_queues_its_rows(
+    session: Session, engine: Engine, count_queries: Any
+) -> None:
+    """Rows that need nothing but logging go to a queue whose put SQLAlchemy
+    calls as their row populator (at C speed); the registry takes them in,
+    in row order, when it is next read."""
+    users = page(session, 1, 30)
+    registry = registry_of(session)
+    assert len(registry.pending) == 1
+    assert registry.log == [inspect(users[0])]  # the first row decided, and was logged
+    assert registry.entries() == [inspect(u) for u in users]
+    with count_queries() as queries:
+        titles = {u.id: [a.title for a in u.articles] for u in users}
+    assert queries.count == 1
+    assert titles == stock_titles(engine, 1, 30)
+
+
+def test_streamed_queries_read_in_turns_batch_every_armed_row(
+    session: Session, engine: Engine, count_queries: Any
+) -> None:
+    """Two results open at once, read in turns: both were set up while the
+    session was empty, so both queue their rows, and the registry logs
+    each queue as a run of its own; every row of both is a candidate of
+    the one batch."""
+
+    def stream(where: Any) -> Any:
+        stmt = select(User).where(where).order_by(User.id).options(nplus1loader())
+        # Rows processed 5 at a time, from buffered cursors: MySQL drivers
+        # cannot keep two server-side cursors open on one connection.
+        return session.scalars(stmt).yield_per(5)
+
+    first, second = stream(User.id <= USERS // 2), stream(User.id > USERS // 2)
+    users = [user for pair in zip(first, second, strict=True) for user in pair]
+    assert len(users) == USERS
+    with count_queries() as queries:
+        titles = {u.id: [a.title for a in u.articles] for u in users}
+    assert queries.count == 1
+    assert titles == stock_titles(engine, 1, USERS)
