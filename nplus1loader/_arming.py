@@ -146,14 +146,7 @@ def profile_for(
     registered = ("nplus1loader.populator", id(populators), id(found))
     if registered not in context.attributes:
         context.attributes[registered] = True
-        # Keyed by the primary key: "new" runs for a new instance (or one
-        # whose key expired), "eager" for one already in the session.
-        anchor = mapper.get_property_by_column(mapper.primary_key[0]).key
-        swap: list[Callable[[Callable[..., Any]], None]] = []
-        populate = _row_populator(found, context, path, mapper, swap)
-        swap.append(
-            _sqla.add_new_row_populator(populators=populators, key=anchor, populate=populate)
-        )
+        populate = _row_populator(found, context, path, mapper, populators)
 
         def arm_existing(
             context: Any, path: Any, states: Any, load_keys: Any, *args: Any, **kw: Any
@@ -221,14 +214,11 @@ _NO_RUN = object()
 
 
 def _row_populator(
-    profile: Profile,
-    context: Any,
-    path: Any,
-    mapper: Mapper[Any],
-    swap: list[Callable[[Callable[..., Any]], None]],
+    profile: Profile, context: Any, path: Any, mapper: Mapper[Any], populators: Any
 ) -> Any:
-    """The populator that arms each instance the rows of ``path`` reach
-    (``swap[0]``, once registered, replaces it for the rows that follow)."""
+    """The populator that arms each instance the rows of ``path`` reach,
+    registered among ``populators`` (and replaced there, for the rows that
+    follow, once the first row shows they need nothing but logging)."""
     hooks = profile.instance_hooks
     class_level = profile.class_level
     loaders = profile.loaders
@@ -291,7 +281,7 @@ def _row_populator(
                 shared.append(marks[0] if share() else None)
                 if shared[0] is not None and not hooks and not may_hold_profile:
                     only_logged = shared[0]
-                    if stamped and swap:
+                    if stamped:
                         # Every later row is an instance this execution
                         # creates, stamped with its options (SQLAlchemy
                         # stamps every new instance when options propagate),
@@ -302,7 +292,7 @@ def _row_populator(
                         pending: SimpleQueue[InstanceState[Any]] = SimpleQueue()
                         put = pending.put
                         registry.attach(pending, only_logged, put)
-                        swap[0](put)
+                        replace(put)
             run_marks = shared[0]
             if run_marks is not None:
                 # The stamp finds the profile: nothing to store, except to
@@ -353,6 +343,10 @@ def _row_populator(
             install_loaders(state=state, dict_=dict_, loaders=hooks)
         enlist(state)
 
+    # Keyed by the primary key: "new" runs for a new instance (or one
+    # whose key expired), "eager" for one already in the session.
+    anchor = mapper.get_property_by_column(mapper.primary_key[0]).key
+    replace = _sqla.add_new_row_populator(populators=populators, key=anchor, populate=arm)
     return arm
 
 

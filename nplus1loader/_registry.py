@@ -46,7 +46,7 @@ from __future__ import annotations
 import weakref
 from bisect import bisect_left, bisect_right
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from itertools import islice
 from queue import SimpleQueue
 from typing import Any
@@ -58,6 +58,13 @@ from . import _sqla
 
 #: What a queue's get_nowait() never returns: iter() stops on it.
 _NEVER = object()
+
+
+def _taken(queue: SimpleQueue[Any]) -> Iterator[Any]:
+    """What ``queue`` holds now, taken out of it at C speed
+    (``get_nowait()`` called as many times as it has items)."""
+    return islice(iter(queue.get_nowait, _NEVER), queue.qsize())
+
 
 #: The log is compacted when it grows past twice its size after the last
 #: compaction, and never below this many entries.
@@ -199,7 +206,7 @@ class Registry:
         # of that query hold its put, which can be until the next garbage
         # collection: it must not keep the instances alive as long.
         for queue, _, _ in self.pending:
-            deque(islice(iter(queue.get_nowait, _NEVER), queue.qsize()), maxlen=0)
+            deque(_taken(queue), maxlen=0)
 
     def entries(self) -> list[InstanceState[Any]]:
         """The log, with what the pending queues hold moved into it."""
@@ -224,12 +231,10 @@ class Registry:
         rows then come after those of the queries before it)."""
         pending, self.pending = self.pending, []
         for queue, marks, put in pending:
-            count = queue.qsize()
-            if count:
+            if queue.qsize():
                 if self.run is not marks or len(self.log) > self.limit:
                     self._begin(marks)
-                # At C speed too: get_nowait() called ``count`` times.
-                self.log.extend(islice(iter(queue.get_nowait, _NEVER), count))
+                self.log.extend(_taken(queue))
                 if len(self.log) > self.limit:
                     self._begin(marks)  # compacts, as the append that passed it would
             if put() is not None:

@@ -228,21 +228,19 @@ def test_an_armed_query_into_an_empty_session_queues_its_rows(
     assert titles == stock_titles(engine, 1, 30)
 
 
-def test_streamed_queries_read_in_turns_batch_every_armed_row(
+def test_two_results_set_up_in_an_empty_session_batch_every_armed_row(
     session: Session, engine: Engine, count_queries: Any
 ) -> None:
-    """Two results open at once, read in turns: both were set up while the
-    session was empty, so both queue their rows, and the registry logs
+    """Two results executed before either is read: both were set up while
+    the session was empty, so both queue their rows, and the registry logs
     each queue as a run of its own; every row of both is a candidate of
     the one batch."""
 
-    def stream(where: Any) -> Any:
+    def result(where: Any) -> Any:
         stmt = select(User).where(where).order_by(User.id).options(nplus1loader())
-        # Rows processed 5 at a time, from buffered cursors: MySQL drivers
-        # cannot keep two server-side cursors open on one connection.
         return session.scalars(stmt).yield_per(5)
 
-    first, second = stream(User.id <= USERS // 2), stream(User.id > USERS // 2)
+    first, second = result(User.id <= USERS // 2), result(User.id > USERS // 2)
     users = [user for pair in zip(first, second, strict=True) for user in pair]
     assert len(users) == USERS
     with count_queries() as queries:
