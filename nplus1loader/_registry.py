@@ -258,8 +258,6 @@ class Registry:
 
     def lacking_candidates(self, prop: Any) -> list[InstanceState[Any]]:
         """The instances armed for ``prop`` that still lack it."""
-        if self.pending:
-            self.drain()
         bucket = self.lacking.get(prop)
         if bucket is None:
             bucket = self.lacking[prop] = Candidates(self.session_key, prop.key)
@@ -269,8 +267,6 @@ class Registry:
     def expired_candidates(self, mapper: Any) -> list[InstanceState[Any]]:
         """The armed instances of exactly ``mapper`` with expired columns
         whose profile refreshes them."""
-        if self.pending:
-            self.drain()
         bucket = self.expired.get(mapper)
         if bucket is None:
             bucket = self.expired[mapper] = Candidates(self.session_key, None, mapper)
@@ -288,8 +284,11 @@ class Registry:
 
     def _sort(self, cursor_key: Any, bucket: Candidates, wants: Callable[[Marks], bool]) -> None:
         """Add to ``bucket`` the instances logged since its cursor in runs
-        whose marks it ``wants``, in one C-level step per run: which of them
-        still qualify is :meth:`Candidates.live`'s one test."""
+        whose marks it ``wants``, in one C-level step per run (the pending
+        queues taken into the log first): which of them still qualify is
+        :meth:`Candidates.live`'s one test."""
+        if self.pending:
+            self.drain()
         log = self.log
         start = self.cursors.get(cursor_key, 0)
         end = len(log)
