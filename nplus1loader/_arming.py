@@ -41,6 +41,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import ColumnProperty, InstanceState, Mapper
 
 from . import _sqla
+from ._once import MapperSet
 from ._registry import Marks, marks_for, registry_of
 
 
@@ -121,8 +122,11 @@ class Profile:
                 for key, loader in self.loaders.items()
             )
         )
+        return (loaders, *self.settings())
+
+    def settings(self) -> tuple[Any, ...]:
+        """What the signature holds besides the loaders."""
         return (
-            loaders,
             self.refresh_mode,
             self.raise_keys,
             self.strict_refresh,
@@ -145,8 +149,11 @@ def profile_for(
         ensure_reenlist_on_expire(mapper)
     registered = ("nplus1loader.populator", id(populators), id(found))
     if registered not in context.attributes:
-        context.attributes[registered] = True
-        populate = _row_populator(found, context, path, mapper, populators)
+        # The context keeps the populator alive while the rows are read
+        # (the populators hold it weakly: see add_new_row_populator).
+        populate = context.attributes[registered] = _row_populator(
+            found, context, path, mapper, populators
+        )
 
         def arm_existing(
             context: Any, path: Any, states: Any, load_keys: Any, *args: Any, **kw: Any
@@ -237,7 +244,15 @@ def _row_populator(
     shared: list[Marks | None] = []
     # For instances already in the session: whether what their stamp finds
     # arms them exactly as this profile would.
-    stamped_alike = profile_verdicts(lambda other: _arm_alike(other, profile))
+    # Made at the first such instance: a query into an empty session (the
+    # common first query) meets none.
+    verdicts: list[Callable[[InstanceState[Any]], bool]] = []
+
+    def stamped_alike(state: InstanceState[Any]) -> bool:
+        if not verdicts:
+            verdicts.append(profile_verdicts(lambda other: _arm_alike(other, profile)))
+        return verdicts[0](state)
+
     registry = registry_of(context.session)
     if registry.pending:
         registry.drain()
@@ -250,11 +265,13 @@ def _row_populator(
             marks.append(profile.marks)
         registry.enlist(state, marks[0])
 
-    def share() -> bool:
+    def share() -> Profile | None:
+        """The profile the stamp finds, registered by the first execution
+        of the option (this one, if none was), when it arms alike."""
         if owner is None:
-            return False
-        profiles = option_profiles(owner)
-        return _arm_alike(profiles.setdefault(stamp_key, profile), profile)
+            return None
+        found = option_profiles(owner).setdefault(stamp_key, profile)
+        return found if _arm_alike(found, profile) else None
 
     # Only an instance that was in the session before this execution can
     # carry a profile an earlier query stored: with an empty session (the
@@ -276,9 +293,12 @@ def _row_populator(
                     log.append(state)
                     return
             if not shared:
+                found = share()
                 if not marks:
-                    marks.append(profile.marks)
-                shared.append(marks[0] if share() else None)
+                    # Alike, the registered profile has the same marks
+                    # (interned), already made.
+                    marks.append(profile.marks if found is None else found.marks)
+                shared.append(marks[0] if found is not None else None)
                 if shared[0] is not None and not hooks and not may_hold_profile:
                     only_logged = shared[0]
                     if stamped:
@@ -351,7 +371,17 @@ def _row_populator(
 
 
 def _arm_alike(one: Profile | None, other: Profile) -> bool:
-    return one is other or (one is not None and one.signature() == other.signature())
+    if one is other:
+        return True
+    if one is None:
+        return False
+    if (
+        one.loaders == other.loaders  # the very same loader objects (no __eq__)
+        and one.class_level.keys() == other.class_level.keys()
+        and one.settings() == other.settings()
+    ):
+        return True  # what the signatures would say, without building them
+    return one.signature() == other.signature()
 
 
 def profile_of(state: InstanceState[Any]) -> Profile | None:
@@ -451,13 +481,13 @@ def restore_arming(state: InstanceState[Any], profile: Profile, keys: Iterable[s
             _sqla.install_loader(state=state, key=key, loader=mine)
 
 
-_listening: weakref.WeakSet[Mapper[Any]] = weakref.WeakSet()
+_listening = MapperSet()
 
 
 def ensure_expire_listener(mapper: Mapper[Any]) -> None:
     """Put per-instance hooks back after an expire, which drops them (only
     needed where an armed attribute has no class-level loader)."""
-    if mapper in _listening:
+    if id(mapper) in _listening:
         return
     _listening.add(mapper)
     event.listen(mapper, "expire", _on_expire, raw=True)
@@ -500,12 +530,12 @@ def ensure_class_level_hook(mapper: Mapper[Any], key: str) -> None:
     original = _sqla.class_level_loader(mapper=mapper, key=key)
     if original is not None and not isinstance(original, ClassLevelHook):
         _sqla.set_class_level_loader(mapper=mapper, key=key, loader=ClassLevelHook(key, original))
-    if mapper not in _pickle_listening:
+    if id(mapper) not in _pickle_listening:
         _pickle_listening.add(mapper)
         event.listen(mapper, "pickle", _on_pickle, raw=True)
 
 
-_pickle_listening: weakref.WeakSet[Mapper[Any]] = weakref.WeakSet()
+_pickle_listening = MapperSet()
 
 
 def _on_pickle(state: InstanceState[Any], state_dict: dict[str, Any]) -> None:
@@ -531,14 +561,14 @@ def _on_pickle(state: InstanceState[Any], state_dict: dict[str, Any]) -> None:
         _sqla.set_pickled_loaders(state_dict, callables)
 
 
-_reenlisting: weakref.WeakSet[Mapper[Any]] = weakref.WeakSet()
+_reenlisting = MapperSet()
 
 
 def ensure_reenlist_on_expire(mapper: Mapper[Any]) -> None:
     """An expire (commit, rollback, ``session.expire()``) takes attributes
     away from armed instances: they become candidates again for what their
     profile arms (see ``_registry``)."""
-    if mapper not in _reenlisting:
+    if id(mapper) not in _reenlisting:
         _reenlisting.add(mapper)
         event.listen(mapper, "expire", _reenlist, raw=True)
 

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import weakref
 from bisect import bisect_left, bisect_right
-from collections import deque
 from collections.abc import Callable, Iterator
 from itertools import islice
 from queue import SimpleQueue
@@ -201,13 +200,6 @@ class Registry:
             self._begin(marks)
         self.log.append(state)
 
-    def __del__(self) -> None:
-        # A queue outlives its registry for as long as SQLAlchemy's objects
-        # of that query hold its put, which can be until the next garbage
-        # collection: it must not keep the instances alive as long.
-        for queue, _, _ in self.pending:
-            deque(_taken(queue), maxlen=0)
-
     def entries(self) -> list[InstanceState[Any]]:
         """The log, with what the pending queues hold moved into it."""
         if self.pending:
@@ -221,7 +213,9 @@ class Registry:
         populator: a call at C speed, where a Python populator was most of
         what arming costs a query whose attributes are never touched.
         ``put`` is referenced by that query's populators only: once it is
-        gone, no row will come, and a drained queue is dropped."""
+        gone, no row will come, and a drained queue is dropped.  Nothing
+        refers to the queue in a cycle, so what it still holds goes with
+        the registry and those populators, as the query's rows do."""
         self.pending.append((queue, marks, weakref.ref(put)))
 
     def drain(self) -> None:
@@ -359,16 +353,14 @@ class Registry:
         self.run = None
 
 
-#: Keyed by the identity map itself: when ``expunge_all()`` or ``close()``
-#: replaces it, the old one goes, and with it the log of its instances.
-_registries: weakref.WeakKeyDictionary[Any, Registry] = weakref.WeakKeyDictionary()
-
-
 def registry_of(session: Any) -> Registry:
     """The registry of ``session``'s identity map (a sync ``Session``),
-    made on first use."""
+    made on first use.  Kept on the identity map itself (see
+    ``_sqla.registry_on``): when ``expunge_all()`` or ``close()`` replaces
+    it, the old one goes, and with it the log of its instances."""
     identity_map = session.identity_map
-    found = _registries.get(identity_map)
+    found: Registry | None = _sqla.registry_on(identity_map)
     if found is None:
-        found = _registries[identity_map] = Registry(session.hash_key, identity_map)
+        found = Registry(session.hash_key, identity_map)
+        _sqla.keep_registry(identity_map=identity_map, registry=found)
     return found

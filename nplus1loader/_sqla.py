@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import inspect as _inspect
 import sys
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from operator import attrgetter
 from types import FrameType
@@ -200,9 +201,17 @@ def add_new_row_populator(
     """Call ``populate(state, dict_, row)`` for every instance the rows
     create, or whose ``key`` expired (the ``"new"`` populators).  Returns
     a function that puts another callable in its place, for the rows that
-    follow: ``loading._instance`` reads the list afresh for every row."""
+    follow: ``loading._instance`` reads the list afresh for every row.
+
+    The list holds ``populate`` weakly (a proxy, called at C speed): the
+    caller keeps it alive for as long as the rows are read, in the query
+    context (which ``loading._instance`` holds as long as the list).  So a
+    populator that replaces itself, holding the returned function and with
+    it the list, makes no reference cycle: a cycle would keep everything
+    it reaches (the instances of the session's log among them) until the
+    next garbage collection, and give the collector work on every query."""
     new = populators["new"]
-    entry = (key, populate)
+    entry = (key, weakref.proxy(populate))
     new.append(entry)
 
     def replace(other: Callable[..., Any]) -> None:
@@ -453,13 +462,26 @@ def rows_reach_one_path(*, context: Any) -> bool:
     path it was created at: one ORM entity, and no joined eager loading
     (``joinedload()``, ``contains_eager()``), which can bring an instance at
     a second path of the same execution, whereupon SQLAlchemy moves its
-    ``load_path`` (to the last path seen on 2.0, the shallowest on 2.1)."""
-    compile_state = context.compile_state
+    ``load_path`` (to the last path seen on 2.0, the shallowest on 2.1).
+
+    All of it is settled when the statement compiles, so the answer is
+    kept in the compile state's attributes, for every execution of it."""
+    attributes = context.compile_state.attributes
+    found: bool | None = attributes.get(_ONE_PATH_KEY)
+    if found is None:
+        found = attributes[_ONE_PATH_KEY] = _rows_reach_one_path(context.compile_state)
+    return found
+
+
+_ONE_PATH_KEY = ("nplus1loader.rows_reach_one_path",)
+
+
+def _rows_reach_one_path(compile_state: Any) -> bool:
     if compile_state.eager_joins or len(mapper_entities(compile_state=compile_state)) != 1:
         return False
     return not any(
         isinstance(key, tuple) and key and key[0] == "user_defined_eager_row_processor"
-        for key in context.attributes
+        for key in compile_state.attributes
     )
 
 
@@ -491,8 +513,17 @@ def load_path_for(*, context: Any, path: Any) -> Any:
 
 def stamped_key(*, context: Any, path: Any) -> tuple[Any, ...]:
     """:func:`stamp_key` of the path SQLAlchemy stamps on the instances
-    this path of this query execution creates."""
-    return stamp_key(load_path_for(context=context, path=path))
+    this path of this query execution creates: settled at compile time,
+    kept in the compile state's attributes."""
+    attributes = context.compile_state.attributes
+    cache_key = (_STAMPED_KEY, path)
+    found: tuple[Any, ...] | None = attributes.get(cache_key)
+    if found is None:
+        found = attributes[cache_key] = stamp_key(load_path_for(context=context, path=path))
+    return found
+
+
+_STAMPED_KEY = "nplus1loader.stamped_key"
 
 
 def propagated_options(*, context: Any) -> Any:
@@ -505,7 +536,9 @@ def propagated_options(*, context: Any) -> Any:
 def loader_criteria(*, context: Any) -> tuple[Any, ...]:
     """The ``with_loader_criteria`` options among them."""
     return tuple(
-        option for option in propagated_options(context=context) if is_loader_criteria(option)
+        option
+        for option in context.propagated_loader_options
+        if isinstance(option, LoaderCriteriaOption)
     )
 
 
@@ -596,6 +629,23 @@ setattr(InstanceState, _PROFILE_KEY, None)
 
 #: The profile stored on ``state``, or None.
 stored_profile: Callable[[InstanceState[Any]], Any] = attrgetter(_PROFILE_KEY)
+
+
+#: Where a session's identity map keeps the registry of its armed
+#: instances (``_registry``): its own ``__dict__``, so the registry lives
+#: exactly as long as the map (``expunge_all()`` and ``close()`` replace
+#: it), found by one C-level ``getattr``, where a ``WeakKeyDictionary``
+#: cost a Python lookup per query execution and a callback per map.
+_REGISTRY_KEY = "_nplus1loader_registry"
+
+
+def registry_on(identity_map: Any) -> Any:
+    """The registry kept on ``identity_map``, or None."""
+    return getattr(identity_map, _REGISTRY_KEY, None)
+
+
+def keep_registry(*, identity_map: Any, registry: Any) -> None:
+    setattr(identity_map, _REGISTRY_KEY, registry)
 
 
 def store_profile(*, state: InstanceState[Any], profile: Any) -> None:

@@ -16,6 +16,7 @@ strategies below, which decide per attribute:
 
 from __future__ import annotations
 
+from operator import is_
 from typing import Any
 
 from sqlalchemy.orm import ColumnProperty, RelationshipProperty
@@ -30,6 +31,11 @@ from ._touch import ArmedLoader, ensure_refresh_hook
 
 _UNDEFERRED = (("deferred", False), ("instrument", True))
 _UNDECIDED = object()
+#: The key of a strategy's decision (:func:`_decide`) for one path, kept in
+#: the compile state's attributes.
+_DECIDED = "nplus1loader.decided"
+#: The key of a strategy's loader for one path, kept there too.
+_LOADER = "nplus1loader.loader"
 #: The chunk size of an attribute the mapping arms (``lazy="nplus1loader"``,
 #: no option): the default, from the one place that applies it.
 _MAPPING_CHUNK_SIZE = checked_chunk_size(None, "lazy='nplus1loader'")
@@ -139,21 +145,39 @@ def _note_query_site(context: Any, profile: Any, declared_mode: str) -> None:
         profile.query_site = site
 
 
-def _armed_loader(strategy: Any, loadopt: Any, context: Any, *, nested: bool) -> ArmedLoader:
+def _armed_loader(
+    strategy: Any, loadopt: Any, context: Any, path: Any, *, nested: bool
+) -> ArmedLoader:
     """The loader that arms ``strategy``'s attribute for this query: the
     option's settings, else (``lazy="nplus1loader"`` in the mapping) the
     defaults, ``nested`` among them.  A raiseload_* option's strategy is the
-    raising one (strict); the other options' mode is their own."""
+    raising one (strict); the other options' mode is their own.
+
+    Every execution of one compiled statement gets the same loader object
+    (kept in the compile state's attributes) while its loader criteria are
+    the very same objects: then its profile is told alike the one its
+    option registered by identity, without comparing signatures."""
+    criteria = _sqla.loader_criteria(context=context)
+    key = (_LOADER, strategy, path)
+    attributes = context.compile_state.attributes
+    found: ArmedLoader | None = attributes.get(key)
+    if found is not None and _same_objects(found.criteria, criteria):
+        return found
     strategy_mode = strategy.nplus1_mode
     option = isinstance(loadopt, ArmedElement)
-    return ArmedLoader(
+    attributes[key] = found = ArmedLoader(
         strategy,
         mode=loadopt.mode if option and strategy_mode != RAISE else strategy_mode,
         strict=strategy_mode == RAISE,
         nested=loadopt.nested if option else nested,
         chunk_size=loadopt.chunk_size if option else _MAPPING_CHUNK_SIZE,
-        criteria=_sqla.loader_criteria(context=context),
+        criteria=criteria,
     )
+    return found
+
+
+def _same_objects(one: tuple[Any, ...], other: tuple[Any, ...]) -> bool:
+    return len(one) == len(other) and all(map(is_, one, other))
 
 
 class _Arming:
@@ -179,7 +203,13 @@ class _Arming:
     ) -> None:
         # A column's column_collection and memoized_populators come by
         # keyword, in ``kw``, as SQLAlchemy passes them.
-        arm, key, under = _decide(self.parent_property, loadopt, compile_state.attributes, path)
+        arm, key, under = decided = _decide(
+            self.parent_property, loadopt, compile_state.attributes, path
+        )
+        # Every execution of this compiled statement copies these attributes
+        # into its QueryContext: create_row_processor reads the decision
+        # there instead of making it again, once per execution.
+        compile_state.attributes[(_DECIDED, self, path)] = decided
         if arm:
             self.arm_setup(compile_state, query_entity, path, loadopt, adapter, kw)
             return
@@ -224,7 +254,10 @@ class _Arming:
     def decide_rows(
         self, context: Any, path: Any, loadopt: Any, mapper: Any, populators: Any
     ) -> tuple[bool, Any, Any]:
-        return _decide(self.parent_property, loadopt, context.attributes, path)
+        decided: tuple[bool, Any, Any] | None = context.attributes.get((_DECIDED, self, path))
+        if decided is None:
+            decided = _decide(self.parent_property, loadopt, context.attributes, path)
+        return decided
 
     def arm_setup(
         self,
@@ -269,7 +302,7 @@ class ArmedRelationshipLoader(_Arming, _sqla.RaisingLazyLoader):
         # No nplus1 option here: the mapping's own lazy="nplus1loader" (or an
         # option that names no strategy, defaultload()) arms the attribute
         # with the defaults of nplus1loader_rels() on it.
-        loader = _armed_loader(self, loadopt, context, nested=self.nplus1_mode != RAISE)
+        loader = _armed_loader(self, loadopt, context, path, nested=self.nplus1_mode != RAISE)
         _install(context, path, mapper, loader, populators)
         if not isinstance(loadopt, ArmedElement) and loader.mode != RAISE:
             _refresh_as_anchored(context, path, mapper, populators)
@@ -345,7 +378,11 @@ class ArmedColumnLoader(_Arming, _sqla.DeferredColumnLoader):  # type: ignore[mi
 
     def arm_rows(self, context: Any, path: Any, loadopt: Any, mapper: Any, populators: Any) -> None:
         _install(
-            context, path, mapper, _armed_loader(self, loadopt, context, nested=True), populators
+            context,
+            path,
+            mapper,
+            _armed_loader(self, loadopt, context, path, nested=True),
+            populators,
         )
 
 

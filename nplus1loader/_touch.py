@@ -26,7 +26,6 @@ Loaders hold no reference to any instance: dropping an object frees it.
 
 from __future__ import annotations
 
-import weakref
 from typing import Any, cast
 
 from sqlalchemy.orm import (
@@ -42,6 +41,7 @@ from . import _sqla
 from ._arming import profile_of, restore_arming
 from ._batch import BatchResult, load_expired_columns, load_states, relationship_batchable
 from ._modes import RAISE, WARN, effective_mode
+from ._once import MapperSet
 from ._peers import armed_peers, expired_peers, relationship_join_keys
 from ._plan import batch_option
 from ._registry import registry_of
@@ -393,8 +393,8 @@ class _AttributeTouch(Touch):
 # ------------------------------------------------------ expired attributes
 
 # Once per mapper, like SQLAlchemy's own event registry: mappers live as
-# long as the process (a WeakSet so that a test's throwaway mappers go).
-_refreshing: weakref.WeakSet[Mapper[Any]] = weakref.WeakSet()
+# long as the process (held weakly, so that a test's throwaway mappers go).
+_refreshing = MapperSet()
 
 
 def ensure_refresh_hook(mapper: Mapper[Any]) -> None:
@@ -402,7 +402,7 @@ def ensure_refresh_hook(mapper: Mapper[Any]) -> None:
     after ``session.commit()`` (``expire_on_commit=True``) reading an
     attribute refreshes that one instance, one query per object in a loop,
     unless the class manager's ``expired_attribute_loader`` is ours."""
-    if mapper in _refreshing:
+    if id(mapper) in _refreshing:
         return
     _refreshing.add(mapper)
     original = _sqla.expired_attribute_loader(mapper=mapper)
