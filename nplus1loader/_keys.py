@@ -107,8 +107,9 @@ class IntegerArrayLiteral(TypeDecorator[Any]):
     cache_ok = True
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> str:
-        # int() first: nothing but digits and signs reaches the literal.
-        return "{" + ",".join([str(int(key)) for key in value]) + "}"
+        # int() first: nothing but digits and signs reaches the literal
+        # (both maps at C speed).
+        return "{" + ",".join(map(str, map(int, value))) + "}"
 
 
 def _array_safe(column_type: Any) -> bool:

@@ -753,7 +753,12 @@ def store_loaded_columns(
             state = by_identity.get(identity)
             if state is None:
                 continue
-            dict_ = state.dict
+            # state.dict, without its Python frame: the object's __dict__
+            # (an object collected meanwhile has nothing left to load).
+            obj = state.obj()
+            if obj is None:
+                continue
+            dict_ = obj.__dict__
             if key in dict_ or key in state.committed_state:
                 continue  # changed in memory meanwhile
             dict_[key] = value
