@@ -457,6 +457,15 @@ def natural_path(path: Any) -> tuple[Any, ...]:
     return tuple(path.natural_path)
 
 
+def compile_memo(*, context: Any) -> dict[Any, Any]:
+    """What lives as long as the compiled statement a query execution
+    runs: its compile state's ``attributes``, which the loader strategies'
+    ``setup_query`` writes to and every execution's ``QueryContext`` copies.
+    What a strategy settles once per compiled statement is kept there,
+    under keys of ours, instead of being worked out again per execution."""
+    return context.compile_state.attributes  # type: ignore[no-any-return]
+
+
 def rows_reach_one_path(*, context: Any) -> bool:
     """Whether every instance this query execution creates stays at the
     path it was created at: one ORM entity, and no joined eager loading
@@ -464,12 +473,12 @@ def rows_reach_one_path(*, context: Any) -> bool:
     a second path of the same execution, whereupon SQLAlchemy moves its
     ``load_path`` (to the last path seen on 2.0, the shallowest on 2.1).
 
-    All of it is settled when the statement compiles, so the answer is
-    kept in the compile state's attributes, for every execution of it."""
-    attributes = context.compile_state.attributes
-    found: bool | None = attributes.get(_ONE_PATH_KEY)
+    All of it is settled when the statement compiles: the answer is kept
+    in its :func:`compile_memo`."""
+    memo = compile_memo(context=context)
+    found: bool | None = memo.get(_ONE_PATH_KEY)
     if found is None:
-        found = attributes[_ONE_PATH_KEY] = _rows_reach_one_path(context.compile_state)
+        found = memo[_ONE_PATH_KEY] = _rows_reach_one_path(context.compile_state)
     return found
 
 
@@ -514,12 +523,12 @@ def load_path_for(*, context: Any, path: Any) -> Any:
 def stamped_key(*, context: Any, path: Any) -> tuple[Any, ...]:
     """:func:`stamp_key` of the path SQLAlchemy stamps on the instances
     this path of this query execution creates: settled at compile time,
-    kept in the compile state's attributes."""
-    attributes = context.compile_state.attributes
+    kept in the :func:`compile_memo`."""
+    memo = compile_memo(context=context)
     cache_key = (_STAMPED_KEY, path)
-    found: tuple[Any, ...] | None = attributes.get(cache_key)
+    found: tuple[Any, ...] | None = memo.get(cache_key)
     if found is None:
-        found = attributes[cache_key] = stamp_key(load_path_for(context=context, path=path))
+        found = memo[cache_key] = stamp_key(load_path_for(context=context, path=path))
     return found
 
 

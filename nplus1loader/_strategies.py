@@ -32,7 +32,7 @@ from ._touch import ArmedLoader, ensure_refresh_hook
 _UNDEFERRED = (("deferred", False), ("instrument", True))
 _UNDECIDED = object()
 #: The key of a strategy's decision (:func:`_decide`) for one path, kept in
-#: the compile state's attributes.
+#: the compile memo (``_sqla.compile_memo``).
 _DECIDED = "nplus1loader.decided"
 #: The key of a strategy's loader for one path, kept there too.
 _LOADER = "nplus1loader.loader"
@@ -159,13 +159,13 @@ def _armed_loader(
     option registered by identity, without comparing signatures."""
     criteria = _sqla.loader_criteria(context=context)
     key = (_LOADER, strategy, path)
-    attributes = context.compile_state.attributes
-    found: ArmedLoader | None = attributes.get(key)
+    memo = _sqla.compile_memo(context=context)
+    found: ArmedLoader | None = memo.get(key)
     if found is not None and _same_objects(found.criteria, criteria):
         return found
     strategy_mode = strategy.nplus1_mode
     option = isinstance(loadopt, ArmedElement)
-    attributes[key] = found = ArmedLoader(
+    memo[key] = found = ArmedLoader(
         strategy,
         mode=loadopt.mode if option and strategy_mode != RAISE else strategy_mode,
         strict=strategy_mode == RAISE,
@@ -206,9 +206,9 @@ class _Arming:
         arm, key, under = decided = _decide(
             self.parent_property, loadopt, compile_state.attributes, path
         )
-        # Every execution of this compiled statement copies these attributes
-        # into its QueryContext: create_row_processor reads the decision
-        # there instead of making it again, once per execution.
+        # Kept for every execution of this compiled statement (its compile
+        # memo): create_row_processor reads the decision there instead of
+        # making it again, once per execution.
         compile_state.attributes[(_DECIDED, self, path)] = decided
         if arm:
             self.arm_setup(compile_state, query_entity, path, loadopt, adapter, kw)
@@ -254,7 +254,9 @@ class _Arming:
     def decide_rows(
         self, context: Any, path: Any, loadopt: Any, mapper: Any, populators: Any
     ) -> tuple[bool, Any, Any]:
-        decided: tuple[bool, Any, Any] | None = context.attributes.get((_DECIDED, self, path))
+        decided: tuple[bool, Any, Any] | None = _sqla.compile_memo(context=context).get(
+            (_DECIDED, self, path)
+        )
         if decided is None:
             decided = _decide(self.parent_property, loadopt, context.attributes, path)
         return decided
