@@ -545,9 +545,7 @@ def propagated_options(*, context: Any) -> Any:
 def loader_criteria(*, context: Any) -> tuple[Any, ...]:
     """The ``with_loader_criteria`` options among them."""
     return tuple(
-        option
-        for option in context.propagated_loader_options
-        if isinstance(option, LoaderCriteriaOption)
+        option for option in propagated_options(context=context) if is_loader_criteria(option)
     )
 
 

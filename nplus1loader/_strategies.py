@@ -16,7 +16,6 @@ strategies below, which decide per attribute:
 
 from __future__ import annotations
 
-from operator import is_
 from typing import Any
 
 from sqlalchemy.orm import ColumnProperty, RelationshipProperty
@@ -161,7 +160,7 @@ def _armed_loader(
     key = (_LOADER, strategy, path)
     memo = _sqla.compile_memo(context=context)
     found: ArmedLoader | None = memo.get(key)
-    if found is not None and _same_objects(found.criteria, criteria):
+    if found is not None and found.has_criteria(criteria):
         return found
     strategy_mode = strategy.nplus1_mode
     option = isinstance(loadopt, ArmedElement)
@@ -174,10 +173,6 @@ def _armed_loader(
         criteria=criteria,
     )
     return found
-
-
-def _same_objects(one: tuple[Any, ...], other: tuple[Any, ...]) -> bool:
-    return len(one) == len(other) and all(map(is_, one, other))
 
 
 class _Arming:

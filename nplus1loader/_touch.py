@@ -26,6 +26,7 @@ Loaders hold no reference to any instance: dropping an object frees it.
 
 from __future__ import annotations
 
+from operator import is_
 from typing import Any, cast
 
 from sqlalchemy.orm import (
@@ -235,9 +236,13 @@ class ArmedLoader:
         return (
             (raise_hooks_load or self.mode != RAISE)
             and self.prop is other.prop
-            and len(self.criteria) == len(other.criteria)
-            and all(a is b for a, b in zip(self.criteria, other.criteria, strict=True))
+            and self.has_criteria(other.criteria)
         )
+
+    def has_criteria(self, criteria: tuple[Any, ...]) -> bool:
+        """Whether this loader applies the very same loader criteria
+        objects as ``criteria``, in order."""
+        return len(self.criteria) == len(criteria) and all(map(is_, self.criteria, criteria))
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A pickled instance comes back without its peers: restore it with
